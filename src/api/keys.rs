@@ -1,0 +1,171 @@
+//! Organisations and their keys: `POST /api/keys/generate` (sign-up, optionally
+//! behind an admin token), `GET /api/keys` and `POST /api/keys/rotate`.
+
+use simd_json::prelude::*;
+use tokio::sync::oneshot;
+
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::json::ObjectWriter;
+use super::require_json;
+use crate::auth::keys::{constant_time_eq, generate_signing_secret, key_digest, NewKey};
+use crate::auth::pool::{Answer, Work};
+use crate::http::{Request, ResponseBuf};
+use crate::ingest::OVERLOADED_RETRY_AFTER_SECS;
+use crate::model::Tier;
+use crate::shard::Shard;
+use crate::storage::queries::{Command, NewKeyForOrg, NewOrg};
+use crate::storage::StorageError;
+
+/// Longest organisation name, in characters.
+pub const ORGANIZATION_NAME_CHARS_MAX: usize = 200;
+
+fn overloaded() -> ApiError {
+    ApiError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS }
+}
+
+fn storage_failed(error: StorageError) -> ApiError {
+    tracing::warn!(error = %error, "storage command failed");
+    overloaded()
+}
+
+/// Sends a command and awaits its answer.
+async fn ask<T>(
+    shard: &Shard,
+    command: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Command,
+) -> Result<T, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    shard.storage.send(command(reply)).map_err(|_| overloaded())?;
+    answer.await.map_err(|_| ApiError::Internal)?.map_err(storage_failed)
+}
+
+/// A new key and its Argon2id hash (computed in the blocking pool).
+async fn new_hashed_key(shard: &Shard) -> Result<(NewKey, String), ApiError> {
+    let new_key = NewKey::generate().map_err(|e| {
+        tracing::error!(error = %e, "key generation failed");
+        ApiError::Internal
+    })?;
+    let answer =
+        shard.hash_pool.try_submit(Work::Hash { key: new_key.key.clone() }).map_err(|_| overloaded())?;
+    match answer.await {
+        Ok(Answer::Hashed(Ok(hash))) => Ok((new_key, hash)),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+struct SignUp {
+    name: String,
+    tier: Tier,
+}
+
+fn decode_sign_up(request: Request<'_>, shard: &Shard) -> Result<SignUp, ApiError> {
+    require_json(&request)?;
+    let mut buffers = shard.json_buffers.borrow_mut();
+    let value = simd_json::value::borrowed::to_value_with_buffers(request.body, &mut buffers)
+        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))?;
+    let object =
+        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
+    if let Some(key) = object.keys().find(|k| !matches!(k.as_ref(), "organization_name" | "tier")) {
+        return Err(ApiError::invalid(key.to_string(), format!("unknown field {key:?}")));
+    }
+    let name = object.get("organization_name").and_then(|v| v.as_str()).ok_or_else(|| {
+        ApiError::invalid("organization_name", "organization_name is required and must be a string")
+    })?;
+    let chars = name.chars().count();
+    if chars == 0 || chars > ORGANIZATION_NAME_CHARS_MAX || name.contains('\0') || name.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "organization_name",
+            "organization_name must be 1 to 200 characters, not all blank, without U+0000",
+        ));
+    }
+    let tier = match object.get("tier") {
+        None => Tier::Free,
+        Some(value) if value.is_null() => Tier::Free,
+        Some(value) => value.as_str().and_then(Tier::parse).ok_or_else(|| {
+            ApiError::invalid("tier", "tier must be one of free, pro, business, enterprise")
+        })?,
+    };
+    Ok(SignUp { name: name.to_owned(), tier })
+}
+
+pub async fn generate(
+    shard: &Shard,
+    request: Request<'_>,
+    response: &mut ResponseBuf,
+) -> Result<u16, ApiError> {
+    if let Some(token) = &shard.settings.admin_token {
+        let presented = request.bearer_token().unwrap_or_default();
+        if !constant_time_eq(presented, token.as_bytes()) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    let sign_up = decode_sign_up(request, shard)?;
+    let (new_key, key_hash) = new_hashed_key(shard).await?;
+    let signing_secret = generate_signing_secret().map_err(|_| ApiError::Internal)?;
+    let new = NewOrg {
+        name: sign_up.name,
+        tier: sign_up.tier,
+        lookup_id: new_key.lookup_id,
+        key_hash,
+        key_prefix: new_key.prefix().to_owned(),
+        signing_secret,
+    };
+    let org = ask(shard, |reply| Command::CreateOrg { new, reply }).await?;
+    // The creating core knows the key is good: cache it, saving one Argon2 run.
+    let epoch = shard.keys.borrow().epoch();
+    shard.keys.borrow_mut().insert_verified(
+        new_key.lookup_id,
+        key_digest(new_key.key.as_bytes()),
+        org.clone(),
+        epoch,
+    );
+    ObjectWriter::new(&mut response.body)
+        .uuid("organization_id", &org.id)
+        .str("organization_name", &org.name)
+        .str("api_key", &new_key.key)
+        .str("tier", org.tier.name())
+        .uint("rate_limit_per_minute", u64::from(org.rate_limit_per_minute))
+        .time("created_at", org.created_at_micros)
+        .finish();
+    Ok(201)
+}
+
+pub async fn show(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
+    let auth = authenticate(shard, request.api_key()).await?;
+    let org_id = auth.org.id;
+    let view = ask(shard, |reply| Command::GetOrg { org_id, reply }).await?.ok_or(ApiError::Unauthorized)?;
+    ObjectWriter::new(&mut response.body)
+        .uuid("organization_id", &view.id)
+        .str("organization_name", &view.name)
+        .str("tier", view.tier.name())
+        .uint("rate_limit_per_minute", u64::from(view.rate_limit_per_minute))
+        .opt_str("webhook_url", view.webhook_url.as_deref())
+        .str("key_prefix", &view.key_prefix)
+        .time("created_at", view.created_at_micros)
+        .finish();
+    Ok(200)
+}
+
+pub async fn rotate(
+    shard: &Shard,
+    request: Request<'_>,
+    response: &mut ResponseBuf,
+) -> Result<u16, ApiError> {
+    let auth = authenticate(shard, request.api_key()).await?;
+    let (new_key, key_hash) = new_hashed_key(shard).await?;
+    let new = NewKeyForOrg {
+        org_id: auth.org.id,
+        old_lookup_id: auth.lookup_id,
+        lookup_id: new_key.lookup_id,
+        key_hash,
+        key_prefix: new_key.prefix().to_owned(),
+    };
+    // Answers only after every core has dropped the old key.
+    let rotated_at =
+        ask(shard, |reply| Command::RotateKey { new, reply }).await?.ok_or(ApiError::Unauthorized)?;
+    ObjectWriter::new(&mut response.body)
+        .str("api_key", &new_key.key)
+        .time("rotated_at", rotated_at)
+        .finish();
+    Ok(200)
+}

@@ -1,0 +1,115 @@
+//! Every knob of `triggerd serve`, with its default. Each `--some-name` option also
+//! reads `TRIGGERD_SOME_NAME`; `--database-url` reads `DATABASE_URL`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::auth::keys::ARGON2_MEMORY_KIB;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address every HTTP core listens on (SO_REUSEPORT). Port 0 picks a free port,
+    /// printed on the "listening" line.
+    #[arg(long, env = "TRIGGERD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Number of HTTP cores (glommio executors, one pinned thread each). Default: all
+    /// CPUs but one, at least one. May exceed the CPU count (cores then share CPUs).
+    #[arg(long, env = "TRIGGERD_HTTP_CORES")]
+    pub http_cores: Option<usize>,
+
+    /// CPU for the storage thread. Default: the last CPU if the HTTP cores leave one
+    /// free, otherwise unpinned.
+    #[arg(long, env = "TRIGGERD_STORAGE_CPU")]
+    pub storage_cpu: Option<usize>,
+
+    /// PostgreSQL to use (URL or key=value). Unset: the embedded private cluster
+    /// under --data-dir is initialised and started.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory of the embedded PostgreSQL cluster (used without DATABASE_URL).
+    #[arg(long, env = "TRIGGERD_DATA_DIR", default_value = ".triggerd")]
+    pub data_dir: PathBuf,
+
+    /// Port of the embedded cluster's Unix socket.
+    #[arg(long, env = "TRIGGERD_PG_PORT", default_value_t = 54329)]
+    pub pg_port: u16,
+
+    /// Stop the embedded cluster when triggerd exits.
+    #[arg(long, env = "TRIGGERD_PG_STOP_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pg_stop_on_exit: bool,
+
+    /// Bearer token required by POST /api/keys/generate. Unset: sign-up is open.
+    #[arg(long, env = "TRIGGERD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Events each HTTP core may have waiting for the storage core (ring size and
+    /// ticket slots). Beyond it, 503 with Retry-After.
+    #[arg(long, env = "TRIGGERD_RING_CAPACITY", default_value_t = 4096)]
+    pub ring_capacity: usize,
+
+    /// Most events written in one batch (one statement, one commit).
+    #[arg(long, env = "TRIGGERD_BATCH_EVENTS_MAX", default_value_t = 512)]
+    pub batch_events_max: usize,
+
+    /// Most bytes of events written in one batch.
+    #[arg(long, env = "TRIGGERD_BATCH_BYTES_MAX", default_value_t = 8 * 1024 * 1024)]
+    pub batch_bytes_max: usize,
+
+    /// Batch writers, each with its own connection: one commits while another fills.
+    #[arg(long, env = "TRIGGERD_WRITERS", default_value_t = 2)]
+    pub writers: usize,
+
+    /// Time from a request's first byte to the end of its head (then 408).
+    #[arg(long, env = "TRIGGERD_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// Time from the end of the head to the end of the body (then 408).
+    #[arg(long, env = "TRIGGERD_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
+    /// Idle keep-alive connections are closed after this.
+    #[arg(long, env = "TRIGGERD_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// A client that does not read its response within this is disconnected.
+    #[arg(long, env = "TRIGGERD_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub write_timeout_ms: u64,
+
+    /// Threads of the Argon2 pool (key verification on cache misses, key hashing).
+    #[arg(long, env = "TRIGGERD_ARGON2_THREADS", default_value_t = 1)]
+    pub argon2_threads: usize,
+
+    /// Argon2 jobs that may wait; beyond it, requests needing one get 503.
+    #[arg(long, env = "TRIGGERD_ARGON2_QUEUE_MAX", default_value_t = 64)]
+    pub argon2_queue_max: usize,
+
+    /// Argon2id memory cost (KiB) for new key hashes.
+    #[arg(long, env = "TRIGGERD_ARGON2_MEMORY_KIB", default_value_t = ARGON2_MEMORY_KIB)]
+    pub argon2_memory_kib: u32,
+
+    /// Verified keys cached per HTTP core.
+    #[arg(long, env = "TRIGGERD_KEY_CACHE_MAX", default_value_t = 100_000)]
+    pub key_cache_max: usize,
+
+    /// Wrong keys remembered per HTTP core (60 s each).
+    #[arg(long, env = "TRIGGERD_NEGATIVE_CACHE_MAX", default_value_t = 10_000)]
+    pub negative_cache_max: usize,
+
+    /// Commands (key lookups, sign-ups, reads) that may queue for the storage core.
+    #[arg(long, env = "TRIGGERD_COMMAND_QUEUE_MAX", default_value_t = 1024)]
+    pub command_queue_max: usize,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. "info" or "triggerd=debug").
+    #[arg(long, env = "TRIGGERD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeConfig {
+    pub fn http_cores(&self, cpus: usize) -> usize {
+        self.http_cores.unwrap_or(cpus.saturating_sub(1)).max(1)
+    }
+}

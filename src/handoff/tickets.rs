@@ -1,0 +1,224 @@
+//! The HTTP core's side of the hand-off: a slab of ticket slots for requests waiting
+//! on a commit, and the dispatcher that completes them when the storage core answers.
+//!
+//! Everything here is core-local (`Rc<RefCell<…>>`): the only cross-thread traffic is
+//! the ring push, the completion pop and the waker.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::{Control, CoreLink, EventRecord, Handoff, Outcome};
+
+enum Slot {
+    Free,
+    /// A request is waiting; its waker once it has been polled.
+    Waiting(Option<Waker>),
+    /// The outcome arrived before the request polled again.
+    Done(Outcome),
+    /// The request went away (connection closed); free the slot on completion.
+    Abandoned,
+}
+
+struct Slab {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+/// Why an event could not be handed off.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// Every ticket slot is taken or the ring is full: answer 503.
+    Full,
+}
+
+/// This core's tickets and link. Owned by the core's shard; lives as long as it.
+pub struct Tickets {
+    slab: Rc<RefCell<Slab>>,
+    core: usize,
+    handoff: Arc<Handoff>,
+}
+
+impl Tickets {
+    /// `slots` bounds the events this core can have in flight; it equals the ring
+    /// capacity so the completion ring can never overflow.
+    pub fn new(handoff: Arc<Handoff>, core: usize) -> Tickets {
+        let slots = handoff.links[core].events.capacity();
+        Tickets {
+            slab: Rc::new(RefCell::new(Slab {
+                slots: (0..slots).map(|_| Slot::Free).collect(),
+                free: (0..slots as u32).rev().collect(),
+            })),
+            core,
+            handoff,
+        }
+    }
+
+    fn link(&self) -> &CoreLink {
+        &self.handoff.links[self.core]
+    }
+
+    /// Pushes the event onto this core's ring and returns the future of its outcome.
+    pub fn submit(&self, mut record: EventRecord) -> Result<TicketFuture, SubmitError> {
+        let slot = {
+            let mut slab = self.slab.borrow_mut();
+            let slot = slab.free.pop().ok_or(SubmitError::Full)?;
+            slab.slots[slot as usize] = Slot::Waiting(None);
+            slot
+        };
+        record.slot = slot;
+        if self.link().events.push(record).is_err() {
+            let mut slab = self.slab.borrow_mut();
+            slab.slots[slot as usize] = Slot::Free;
+            slab.free.push(slot);
+            return Err(SubmitError::Full);
+        }
+        self.handoff.signal();
+        Ok(TicketFuture { slab: Rc::clone(&self.slab), slot, finished: false })
+    }
+
+    /// Tickets currently outstanding on this core.
+    pub fn in_flight(&self) -> usize {
+        let slab = self.slab.borrow();
+        slab.slots.len() - slab.free.len()
+    }
+
+    /// The dispatcher: runs for the life of the core, completing tickets and applying
+    /// control messages as the storage core sends them.
+    pub async fn dispatch(&self, mut on_control: impl FnMut(Control)) {
+        std::future::poll_fn(|cx| {
+            let link = self.link();
+            link.waker.register(cx.waker());
+            let mut progressed = false;
+            while let Some((slot, outcome)) = link.completions.pop() {
+                self.complete(slot, outcome);
+                progressed = true;
+            }
+            while let Some(control) = link.control.pop() {
+                on_control(control);
+                progressed = true;
+            }
+            if progressed {
+                // Poll again after other tasks run: more may have arrived meanwhile.
+                cx.waker().wake_by_ref();
+            }
+            Poll::<()>::Pending
+        })
+        .await
+    }
+
+    fn complete(&self, slot: u32, outcome: Outcome) {
+        let mut slab = self.slab.borrow_mut();
+        let state = std::mem::replace(&mut slab.slots[slot as usize], Slot::Free);
+        match state {
+            Slot::Waiting(waker) => {
+                slab.slots[slot as usize] = Slot::Done(outcome);
+                drop(slab);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Slot::Abandoned => slab.free.push(slot),
+            Slot::Free | Slot::Done(_) => panic!("completion for slot {slot} that is not waiting"),
+        }
+    }
+}
+
+/// Resolves to the event's outcome once its batch is committed (or refused).
+pub struct TicketFuture {
+    slab: Rc<RefCell<Slab>>,
+    slot: u32,
+    finished: bool,
+}
+
+impl Future for TicketFuture {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let slot = self.slot as usize;
+        let mut slab = self.slab.borrow_mut();
+        match std::mem::replace(&mut slab.slots[slot], Slot::Free) {
+            Slot::Done(outcome) => {
+                slab.free.push(self.slot);
+                drop(slab);
+                self.finished = true;
+                Poll::Ready(outcome)
+            }
+            Slot::Waiting(_) => {
+                slab.slots[slot] = Slot::Waiting(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+            Slot::Free | Slot::Abandoned => panic!("ticket {slot} polled in a state it cannot be in"),
+        }
+    }
+}
+
+impl Drop for TicketFuture {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut slab = self.slab.borrow_mut();
+        let slot = self.slot as usize;
+        match std::mem::replace(&mut slab.slots[slot], Slot::Free) {
+            // The outcome arrived but nobody will read it: the slot is free now.
+            Slot::Done(_) => slab.free.push(self.slot),
+            // Still in the storage core's hands: free it when its completion comes.
+            _ => slab.slots[slot] = Slot::Abandoned,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn record() -> EventRecord {
+        EventRecord {
+            id: Uuid::nil(),
+            org_id: Uuid::nil(),
+            event_type: "t".into(),
+            body: "{}".into(),
+            dedup_id: None,
+            created_at_micros: 0,
+            slot: 0,
+        }
+    }
+
+    fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(future).poll(&mut cx)
+    }
+
+    #[test]
+    fn slots_bound_in_flight_events_and_are_reused() {
+        let handoff = Handoff::new(1, 2);
+        let tickets = Tickets::new(Arc::clone(&handoff), 0);
+        let mut first = tickets.submit(record()).unwrap();
+        let _second = tickets.submit(record()).unwrap();
+        assert_eq!(tickets.submit(record()).err(), Some(SubmitError::Full));
+        assert!(poll_once(&mut first).is_pending());
+
+        let popped = handoff.links[0].events.pop().unwrap();
+        tickets.complete(popped.slot, Outcome::Accepted);
+        assert_eq!(poll_once(&mut first), Poll::Ready(Outcome::Accepted));
+        drop(first);
+        assert_eq!(tickets.in_flight(), 1);
+    }
+
+    #[test]
+    fn abandoned_tickets_free_their_slot_on_completion() {
+        let handoff = Handoff::new(1, 1);
+        let tickets = Tickets::new(Arc::clone(&handoff), 0);
+        drop(tickets.submit(record()).unwrap());
+        assert_eq!(tickets.in_flight(), 1, "slot stays taken while the storage core holds the event");
+        let popped = handoff.links[0].events.pop().unwrap();
+        tickets.complete(popped.slot, Outcome::Unavailable);
+        assert_eq!(tickets.in_flight(), 0);
+        assert!(tickets.submit(record()).is_ok());
+    }
+}

@@ -1,0 +1,103 @@
+//! The hand-written HTTP/1.1 layer: request-head parsing on httparse (`parser`),
+//! response framing with pre-rendered heads (`response`), timestamps (`date`) and the
+//! per-connection loop (`conn`) that reads, frames bodies, dispatches to a `Handler`
+//! and writes responses in order (pipelining, keep-alive, timeouts, limits).
+
+pub mod conn;
+pub mod date;
+pub mod parser;
+pub mod response;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use parser::{Method, RequestHead};
+pub use response::ResponseBuf;
+
+/// One request as a handler sees it: the parsed head (ranges into `head_bytes`) and
+/// the complete, de-chunked body, which the handler may parse in place.
+pub struct Request<'a> {
+    pub head: &'a RequestHead,
+    head_bytes: &'a [u8],
+    pub body: &'a mut [u8],
+}
+
+impl<'a> Request<'a> {
+    pub fn new(head: &'a RequestHead, head_bytes: &'a [u8], body: &'a mut [u8]) -> Request<'a> {
+        Request { head, head_bytes, body }
+    }
+
+    fn header(&self, range: &Option<std::ops::Range<usize>>) -> Option<&'a [u8]> {
+        range.clone().map(|range| &self.head_bytes[range])
+    }
+
+    /// Request target including the query string.
+    pub fn target(&self) -> &'a str {
+        std::str::from_utf8(&self.head_bytes[self.head.target.clone()]).unwrap_or("")
+    }
+
+    pub fn path(&self) -> &'a str {
+        let target = self.target();
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+
+    pub fn query(&self) -> Option<&'a str> {
+        self.target().split_once('?').map(|(_, query)| query)
+    }
+
+    /// The API key from `X-API-Key`, else from `Authorization: Bearer`; `None` when
+    /// absent or empty.
+    pub fn api_key(&self) -> Option<&'a [u8]> {
+        self.header(&self.head.api_key).or_else(|| self.bearer_token()).filter(|key| !key.is_empty())
+    }
+
+    /// The token of `Authorization: Bearer <token>`.
+    pub fn bearer_token(&self) -> Option<&'a [u8]> {
+        let value = self.header(&self.head.authorization)?;
+        let (scheme, token) = value.split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then(|| token.trim_ascii())
+    }
+
+    /// True when `Content-Type` is `application/json`, parameters allowed.
+    pub fn is_json(&self) -> bool {
+        let Some(value) = self.header(&self.head.content_type) else { return false };
+        let media_type = value.split(|&b| b == b';').next().unwrap_or_default();
+        media_type.trim_ascii().eq_ignore_ascii_case(b"application/json")
+    }
+}
+
+/// Protocol-level failures the connection loop answers itself (then closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    Malformed(&'static str),
+    HeadTooLarge,
+    BodyTooLarge,
+    Timeout,
+    UnsupportedTransferEncoding,
+}
+
+/// The application behind the HTTP layer.
+pub trait Handler {
+    /// Handles one request, filling `response`; returns the status code.
+    fn handle<'a>(
+        &'a self,
+        request: Request<'a>,
+        response: &'a mut ResponseBuf,
+    ) -> impl Future<Output = u16> + 'a;
+
+    /// Renders a protocol error in the application's error format; returns the status.
+    fn protocol_error(&self, error: ProtocolError, response: &mut ResponseBuf) -> u16;
+}
+
+/// Per-connection time limits; every read and write is bounded by one of them.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// From the first byte of a request to the end of its head: else 408 and close.
+    pub header_timeout: Duration,
+    /// From the end of the head to the end of the body: else 408 and close.
+    pub body_timeout: Duration,
+    /// Keep-alive connection with no request in progress: closed silently.
+    pub idle_timeout: Duration,
+    /// A response that the client does not read within this time: connection closed.
+    pub write_timeout: Duration,
+}

@@ -1,0 +1,102 @@
+//! The ingest path of one event on its HTTP core: admit it against the organisation's
+//! rate window, give it a UUIDv7, push it onto the core's ring and await the storage
+//! core's verdict. The HTTP details (headers, status codes) stay in `api::events`.
+
+pub mod validate;
+
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use crate::api::error::ApiError;
+use crate::handoff::tickets::SubmitError;
+use crate::handoff::{EventRecord, Outcome};
+use crate::http::date::unix_micros;
+use crate::model::Org;
+use crate::shard::ratelimit::{reset_secs, Admission};
+use crate::shard::Shard;
+use validate::EventFields;
+
+/// A committed event.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub created_at_micros: i64,
+}
+
+/// The organisation's window after this request, for the rate-limit headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RateState {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_ms: u64,
+}
+
+impl RateState {
+    pub fn peek(org: &Org, now_ms: u64) -> RateState {
+        let (remaining, reset_ms) = org.rate.peek(now_ms, org.rate_limit_per_minute);
+        RateState { limit: org.rate_limit_per_minute, remaining, reset_ms }
+    }
+}
+
+/// Seconds a client should wait after a 503 for overload.
+pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
+
+/// Admits, hands off and awaits one event. `body` is the event's JSON text, from
+/// which PostgreSQL takes the payload.
+pub async fn ingest(
+    shard: &Shard,
+    org: &Org,
+    fields: EventFields,
+    body: String,
+    now: SystemTime,
+) -> (Result<Accepted, ApiError>, RateState) {
+    let created_at_micros = unix_micros(now);
+    let now_ms = (created_at_micros / 1000) as u64;
+    let limit = org.rate_limit_per_minute;
+    let window = match org.rate.try_admit(now_ms, limit) {
+        Admission::Admitted { remaining, reset_ms, window } => {
+            (RateState { limit, remaining, reset_ms }, window)
+        }
+        Admission::Limited { reset_ms } => {
+            let state = RateState { limit, remaining: 0, reset_ms };
+            return (Err(ApiError::RateLimited { retry_after_secs: reset_secs(reset_ms) }), state);
+        }
+    };
+    let (mut state, window_id) = window;
+    let id = shard.next_id(now_ms);
+    let dedup_id = fields.dedup_id.clone();
+    let record = EventRecord {
+        id,
+        org_id: org.id,
+        event_type: fields.event_type,
+        body,
+        dedup_id: fields.dedup_id,
+        created_at_micros,
+        slot: 0,
+    };
+    let overloaded = || Err(ApiError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS });
+    let ticket = match shard.tickets.submit(record) {
+        Ok(ticket) => ticket,
+        Err(SubmitError::Full) => {
+            org.rate.refund(window_id);
+            state.remaining += 1;
+            return (overloaded(), state);
+        }
+    };
+    let result = match ticket.await {
+        Outcome::Accepted => Ok(Accepted { id, created_at_micros }),
+        Outcome::Duplicate { original } => {
+            Err(ApiError::DuplicateEvent { event_id: original, dedup_id: dedup_id.unwrap_or_default() })
+        }
+        Outcome::Rejected { message } => {
+            Err(ApiError::invalid("payload", format!("the database refused this event: {message}")))
+        }
+        Outcome::Unavailable => {
+            org.rate.refund(window_id);
+            state.remaining += 1;
+            overloaded()
+        }
+    };
+    (result, state)
+}

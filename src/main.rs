@@ -1,0 +1,223 @@
+//! `triggerd`: serve, migrate, and manage the embedded PostgreSQL cluster.
+//!
+//! Start-up order: io_uring probe → database (embedded cluster or DATABASE_URL) →
+//! storage core (connect, migrate, writers) → Argon2 pool → HTTP cores → "listening"
+//! line on stdout. Shutdown (SIGINT/SIGTERM): stop the embedded cluster if we started
+//! it, exit 0.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use triggerd::auth::pool::HashPool;
+use triggerd::config::ServeConfig;
+use triggerd::handoff::Handoff;
+use triggerd::http::ConnectionLimits;
+use triggerd::runtime;
+use triggerd::shard::{ShardParts, ShardSettings};
+use triggerd::storage::local_pg::LocalPg;
+use triggerd::storage::{self, BatchLimits, StorageConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "triggerd", version, about = "Durable, low-latency event ingestion (Triggers API)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Serve the HTTP API.
+    Serve(Box<ServeConfig>),
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Start or stop a private PostgreSQL cluster (used by scripts/test).
+    LocalPg {
+        #[command(subcommand)]
+        action: LocalPgAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocalPgAction {
+    /// Initialise (if needed) and start; prints the connection string.
+    Start {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 54329)]
+        port: u16,
+    },
+    /// Stop a cluster started with `start`.
+    Stop {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 54329)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Serve(config) => serve(*config),
+        Commands::Migrate { database_url } => migrate(&database_url),
+        Commands::LocalPg { action } => local_pg(action),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("triggerd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    Ok(runtime.block_on(future))
+}
+
+fn local_pg(action: LocalPgAction) -> Result<(), String> {
+    match action {
+        LocalPgAction::Start { data_dir, port } => {
+            let cluster = LocalPg::new(&data_dir, port).map_err(|e| e.to_string())?;
+            cluster.start().map_err(|e| e.to_string())?;
+            block_on(cluster.ensure_database())?.map_err(|e| e.to_string())?;
+            writeln!(std::io::stdout(), "{}", cluster.database_url()).map_err(|e| e.to_string())
+        }
+        LocalPgAction::Stop { data_dir, port } => {
+            LocalPg::new(&data_dir, port).and_then(|cluster| cluster.stop()).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn migrate(database_url: &str) -> Result<(), String> {
+    let config = tokio_postgres::Config::from_str(database_url).map_err(|e| format!("DATABASE_URL: {e}"))?;
+    block_on(async move {
+        let (mut client, connection) =
+            config.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let applied = storage::migrations::migrate(&mut client).await.map_err(|e| e.to_string())?;
+        writeln!(std::io::stdout(), "applied {applied} migration(s)").map_err(|e| e.to_string())
+    })?
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts later, so that
+/// `wait_for_signal` receives them synchronously.
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use; the mask
+    // change affects only signal delivery.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` is an initialised sigset_t and `signal` a live local.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
+
+fn serve(config: ServeConfig) -> Result<(), String> {
+    init_logging(&config.log);
+    let signals = block_shutdown_signals();
+    runtime::check_io_uring()?;
+    if let Some(limit) = runtime::memlock_bytes().filter(|&l| l < runtime::MEMLOCK_BYTES_MIN) {
+        return Err(format!(
+            "the memlock limit is {limit} bytes; io_uring needs at least {} (ulimit -l 512, or LimitMEMLOCK= in systemd)",
+            runtime::MEMLOCK_BYTES_MIN
+        ));
+    }
+    let cpus = runtime::available_cpus();
+    let http_cores = config.http_cores(cpus);
+    let mut plan = runtime::plan_placement(http_cores, cpus);
+    if config.storage_cpu.is_some() {
+        plan.storage_cpu = config.storage_cpu;
+    }
+
+    let (database, managed) = match &config.database_url {
+        Some(url) => (tokio_postgres::Config::from_str(url).map_err(|e| format!("DATABASE_URL: {e}"))?, None),
+        None => {
+            let cluster = LocalPg::new(&config.data_dir, config.pg_port).map_err(|e| e.to_string())?;
+            cluster.start().map_err(|e| e.to_string())?;
+            block_on(cluster.ensure_database())?.map_err(|e| e.to_string())?;
+            tracing::info!(data_dir = %config.data_dir.display(), "embedded PostgreSQL running");
+            let url = cluster.database_url();
+            (tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?, Some(cluster))
+        }
+    };
+
+    let handoff = Handoff::new(http_cores, config.ring_capacity);
+    let storage = storage::start(
+        StorageConfig {
+            database,
+            batch: BatchLimits { events_max: config.batch_events_max, bytes_max: config.batch_bytes_max },
+            writers: config.writers,
+            command_queue_max: config.command_queue_max,
+            commands_in_flight_max: 256,
+            cpu: plan.storage_cpu,
+        },
+        Arc::clone(&handoff),
+    )
+    .map_err(|e| e.to_string())?;
+    let hash_pool = HashPool::start(config.argon2_threads, config.argon2_queue_max, config.argon2_memory_kib)
+        .map_err(|e| e.to_string())?;
+    let parts = ShardParts {
+        handoff,
+        storage,
+        hash_pool,
+        settings: Arc::new(ShardSettings {
+            admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+            key_cache_max: config.key_cache_max,
+            negative_cache_max: config.negative_cache_max,
+        }),
+    };
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_millis(config.header_timeout_ms),
+        body_timeout: Duration::from_millis(config.body_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        write_timeout: Duration::from_millis(config.write_timeout_ms),
+    };
+    let cores = runtime::start_http_cores(config.listen, &plan.http_cpus, parts, limits)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, "cores started");
+    // The line tests and scripts wait for: printed once every core accepts.
+    writeln!(std::io::stdout(), "triggerd listening on http://{}", cores.local_addr)
+        .map_err(|e| e.to_string())?;
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+
+    let signal = wait_for_signal(&signals);
+    tracing::info!(signal, "shutting down");
+    if let Some(cluster) = managed.filter(|_| config.pg_stop_on_exit) {
+        if let Err(e) = cluster.stop() {
+            tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
+        }
+    }
+    Ok(())
+}

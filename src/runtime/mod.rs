@@ -1,0 +1,188 @@
+//! Core placement and executors: the only place (with `http/`) that names glommio.
+//!
+//! One glommio `LocalExecutor` per HTTP core, pinned, each with its own
+//! `SO_REUSEPORT` listener so the kernel spreads connections over the cores and no
+//! accept lock is shared. Core 0 binds first; the others bind the port it got (so
+//! `--listen 127.0.0.1:0` works for tests).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::api::Api;
+use crate::http::{conn, ConnectionLimits};
+use crate::shard::{Shard, ShardParts};
+
+/// io_uring buffer memory per executor. glommio locks it in RAM, so it must fit the
+/// memlock limit for all cores; 256 KiB is ample for sockets (no file I/O here).
+pub const IO_MEMORY_BYTES: usize = 256 * 1024;
+/// Smallest memlock limit glommio accepts.
+pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+
+/// Number of CPUs this process may run on.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pins the calling thread to `cpu` (modulo the CPUs available). Best effort: a
+/// failure is logged, not fatal.
+pub fn pin_current_thread(cpu: usize) {
+    let cpu = cpu % available_cpus();
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes within
+    // it for cpu < CPU_SETSIZE (cpu is below the CPU count); sched_setaffinity(0, …)
+    // reads `size_of::<cpu_set_t>()` bytes from a live local.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result != 0 {
+        tracing::warn!(cpu, error = %std::io::Error::last_os_error(), "could not pin thread");
+    }
+}
+
+/// Probes io_uring with a one-entry ring. `Err` carries a one-line explanation of
+/// what the kernel or container must allow.
+pub fn check_io_uring() -> Result<(), String> {
+    // io_uring_params is 120 bytes; the kernel fills it in. Zeroed is a valid request.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(entries, params) reads and writes exactly the 120-byte
+    // io_uring_params struct behind the pointer, which outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+    if fd >= 0 {
+        // SAFETY: fd is a descriptor this function just opened and nothing else owns.
+        unsafe { libc::close(fd as i32) };
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    Err(format!(
+        "io_uring is unavailable ({error}): triggerd needs Linux >= 5.8 with io_uring enabled \
+         (sysctl kernel.io_uring_disabled=0) and, in a container, a seccomp profile that allows \
+         io_uring_setup, io_uring_enter and io_uring_register"
+    ))
+}
+
+/// The soft memlock limit in bytes (`None` = unlimited).
+pub fn memlock_bytes() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct into a live local.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("HTTP core {core} failed to start: {reason}")]
+    Core { core: usize, reason: String },
+}
+
+/// The running HTTP cores.
+pub struct HttpCores {
+    pub local_addr: SocketAddr,
+    pub handles: Vec<ExecutorJoinHandle<()>>,
+}
+
+/// Where each HTTP core and the storage thread run.
+#[derive(Debug, Clone)]
+pub struct CorePlan {
+    pub http_cpus: Vec<usize>,
+    pub storage_cpu: Option<usize>,
+}
+
+/// Default placement: HTTP cores on the first CPUs, the storage core alone on the
+/// last CPU when there is one to spare, unpinned otherwise.
+pub fn plan_placement(http_cores: usize, cpus: usize) -> CorePlan {
+    let http_cpus = (0..http_cores).map(|i| i % cpus).collect();
+    let storage_cpu = (http_cores < cpus).then_some(cpus - 1);
+    CorePlan { http_cpus, storage_cpu }
+}
+
+/// Starts one executor per entry of `cpus`; returns once every core listens.
+pub fn start_http_cores(
+    listen: SocketAddr,
+    cpus: &[usize],
+    parts: ShardParts,
+    limits: ConnectionLimits,
+) -> Result<HttpCores, RuntimeError> {
+    let mut handles = Vec::with_capacity(cpus.len());
+    let mut address = listen;
+    for (core, &cpu) in cpus.iter().enumerate() {
+        let (bound, bound_at) = mpsc::channel::<Result<SocketAddr, String>>();
+        let parts = parts.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("triggerd-http-{core}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || serve_core(core, address, parts, limits, bound))
+            .map_err(|e| RuntimeError::Core { core, reason: e.to_string() })?;
+        match bound_at.recv() {
+            Ok(Ok(actual)) => address = actual,
+            Ok(Err(reason)) => return Err(RuntimeError::Core { core, reason }),
+            Err(_) => {
+                let reason = match handle.join() {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "exited during start-up".into(),
+                };
+                return Err(RuntimeError::Core { core, reason });
+            }
+        }
+        handles.push(handle);
+    }
+    Ok(HttpCores { local_addr: address, handles })
+}
+
+/// The life of one HTTP core: its shard, its dispatcher, its accept loop.
+async fn serve_core(
+    core: usize,
+    address: SocketAddr,
+    parts: ShardParts,
+    limits: ConnectionLimits,
+    bound: mpsc::Sender<Result<SocketAddr, String>>,
+) {
+    let listener = match TcpListener::bind(address) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = bound.send(Err(format!("cannot listen on {address}: {e}")));
+            return;
+        }
+    };
+    let _ = bound.send(listener.local_addr().map_err(|e| e.to_string()));
+    let shard = Rc::new(Shard::new(core, parts));
+    let dispatcher_shard = Rc::clone(&shard);
+    glommio::spawn_local(async move {
+        let shard = &*dispatcher_shard;
+        shard.tickets.dispatch(|control| shard.apply(control)).await;
+    })
+    .detach();
+    let api = Rc::new(Api { shard });
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(conn::serve(stream, Rc::clone(&api), limits)).detach();
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off briefly instead of spinning.
+                tracing::warn!(core, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_keeps_a_cpu_for_storage_when_it_can() {
+        let plan = plan_placement(1, 2);
+        assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0], Some(1)));
+        let plan = plan_placement(2, 2);
+        assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0, 1], None));
+        let plan = plan_placement(3, 2);
+        assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0, 1, 0], None));
+    }
+}

@@ -1,0 +1,146 @@
+//! The per-core state of an HTTP core: its key table, its ticket slab, its id
+//! generator and its JSON buffers. Everything here is owned by one core and touched
+//! only by it (`RefCell`, never a lock); what crosses cores is the rate window (an
+//! atomic) and the hand-off rings.
+
+pub mod keytable;
+pub mod ratelimit;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::auth::pool::HashPool;
+use crate::handoff::tickets::Tickets;
+use crate::handoff::{Control, Handoff};
+use crate::model::Org;
+use crate::storage::StorageHandle;
+use keytable::KeyTable;
+
+/// Settings every core reads; fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Bearer token required by `POST /api/keys/generate`, if sign-up is closed.
+    pub admin_token: Option<String>,
+    pub key_cache_max: usize,
+    pub negative_cache_max: usize,
+}
+
+/// Shared resources a core is built from (all `Send`, cloned into each core thread).
+#[derive(Clone)]
+pub struct ShardParts {
+    pub handoff: Arc<Handoff>,
+    pub storage: StorageHandle,
+    pub hash_pool: HashPool,
+    pub settings: Arc<ShardSettings>,
+}
+
+/// Waiters for a key that one request on this core is already resolving.
+pub type AuthWaiters = Vec<oneshot::Sender<Option<Arc<Org>>>>;
+
+pub struct Shard {
+    pub core: usize,
+    pub keys: RefCell<KeyTable>,
+    /// Key digests being resolved right now, with the requests waiting on them
+    /// (single flight: one Argon2 verification per key per core, however many
+    /// connections present it at once).
+    pub resolving: RefCell<AHashMap<[u8; 32], AuthWaiters>>,
+    pub tickets: Tickets,
+    pub storage: StorageHandle,
+    pub hash_pool: HashPool,
+    pub handoff: Arc<Handoff>,
+    pub settings: Arc<ShardSettings>,
+    ids: RefCell<IdGenerator>,
+    /// simd-json scratch space, reused by every request on this core.
+    pub json_buffers: RefCell<simd_json::Buffers>,
+}
+
+impl Shard {
+    pub fn new(core: usize, parts: ShardParts) -> Shard {
+        Shard {
+            core,
+            keys: RefCell::new(KeyTable::new(
+                parts.settings.key_cache_max,
+                parts.settings.negative_cache_max,
+            )),
+            resolving: RefCell::new(AHashMap::new()),
+            tickets: Tickets::new(Arc::clone(&parts.handoff), core),
+            storage: parts.storage,
+            hash_pool: parts.hash_pool,
+            handoff: parts.handoff,
+            settings: parts.settings,
+            ids: RefCell::new(IdGenerator::seeded()),
+            json_buffers: RefCell::new(simd_json::Buffers::new(4096)),
+        }
+    }
+
+    /// A UUIDv7 for an event created at `now_ms`.
+    pub fn next_id(&self, now_ms: u64) -> Uuid {
+        self.ids.borrow_mut().next_v7(now_ms)
+    }
+
+    /// Applies a control message from the storage core.
+    pub fn apply(&self, control: Control) {
+        match control {
+            Control::RevokeOrg { org_id, barrier } => {
+                self.keys.borrow_mut().revoke_org(org_id);
+                barrier.arrive();
+            }
+        }
+    }
+}
+
+/// UUIDv7 from a per-core generator: 48 bits of milliseconds and 74 random bits from
+/// a fast PRNG (wyrand) seeded from the OS. Ids are not secrets, and a per-core
+/// generator needs no lock (uuid's `now_v7` shares one context across threads).
+struct IdGenerator {
+    state: u64,
+}
+
+impl IdGenerator {
+    fn seeded() -> IdGenerator {
+        let mut seed = [0u8; 8];
+        if getrandom::getrandom(&mut seed).is_err() {
+            // Fall back to the clock and the address of a local: still unique enough
+            // combined with the millisecond prefix.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            seed = ((nanos as u64) ^ (&seed as *const _ as u64)).to_le_bytes();
+        }
+        IdGenerator { state: u64::from_le_bytes(seed) }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0xa076_1d64_78bd_642f);
+        let product = u128::from(self.state) * u128::from(self.state ^ 0xe703_7ed1_a0b4_28db);
+        (product as u64) ^ ((product >> 64) as u64)
+    }
+
+    fn next_v7(&mut self, now_ms: u64) -> Uuid {
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        random[8..].copy_from_slice(&self.next_u64().to_le_bytes()[..2]);
+        uuid::Builder::from_unix_timestamp_millis(now_ms, &random).into_uuid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_v7_time_ordered_and_distinct() {
+        let mut ids = IdGenerator::seeded();
+        let a = ids.next_v7(1_000);
+        let b = ids.next_v7(1_001);
+        let c = ids.next_v7(1_001);
+        assert_eq!(a.get_version_num(), 7);
+        assert!(a < b && b != c);
+        let (secs, nanos) = b.get_timestamp().unwrap().to_unix();
+        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, 1_001);
+    }
+}

@@ -1,0 +1,235 @@
+//! The embedded default database: a private PostgreSQL cluster that triggerd
+//! initialises and starts itself from the installed server binaries (`initdb`,
+//! `pg_ctl`, found on `PATH` or under `/usr/lib/postgresql/*/bin`).
+//!
+//! The cluster listens only on a Unix socket inside its own directory, trusts local
+//! connections (nothing else can reach it), and is reused on the next start. When
+//! triggerd runs as root, the cluster runs as the `postgres` user (or `nobody`), since
+//! PostgreSQL refuses to run as root.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The role and database the cluster is created with.
+pub const DATABASE: &str = "triggerd";
+/// Longest Unix socket path the kernel accepts is 107 bytes; PostgreSQL appends
+/// `/.s.PGSQL.<port>` (up to 17 more).
+const SOCKET_DIR_BYTES_MAX: usize = 90;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPgError {
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) were not found on PATH or under /usr/lib/postgresql/*/bin; \
+         install them (Debian: apt-get install postgresql) or set DATABASE_URL"
+    )]
+    NotInstalled,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{command} failed ({status}); see {log}")]
+    Failed { command: String, status: String, log: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A cluster under `root`: data in `root/pgdata`, socket in `root/socket` (or a
+/// short path under /tmp when that would be too long), log in `root/postgres.log`.
+pub struct LocalPg {
+    root: PathBuf,
+    bin_dir: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+}
+
+impl LocalPg {
+    pub fn new(root: &Path, port: u16) -> Result<LocalPg, LocalPgError> {
+        std::fs::create_dir_all(root)?;
+        let root = root.canonicalize()?;
+        let bin_dir = find_bin_dir().ok_or(LocalPgError::NotInstalled)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let run_as = if unsafe { libc::geteuid() } == 0 { Some(unprivileged_user()?) } else { None };
+        Ok(LocalPg { root, bin_dir, port, run_as })
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("pgdata")
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        let preferred = self.root.join("socket");
+        if preferred.as_os_str().len() <= SOCKET_DIR_BYTES_MAX {
+            preferred
+        } else {
+            std::env::temp_dir().join(format!("triggerd-pg-{}", self.port))
+        }
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.root.join("postgres.log")
+    }
+
+    /// Connection string for the cluster (libpq key=value form).
+    pub fn database_url(&self) -> String {
+        format!("host={} port={} user={DATABASE} dbname={DATABASE}", self.socket_dir().display(), self.port)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin_dir.join(program));
+        command.env("LC_ALL", "C").env("LANG", "C").current_dir(&self.root);
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+
+    fn run(&self, mut command: Command, what: &str) -> Result<(), LocalPgError> {
+        let output = command.output()?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let log = self.log_file();
+        std::fs::write(
+            self.root.join(format!("{what}.err")),
+            [&output.stdout[..], &output.stderr[..]].concat(),
+        )?;
+        Err(LocalPgError::Failed {
+            command: what.into(),
+            status: output.status.to_string(),
+            log: format!("{} and {}", self.root.join(format!("{what}.err")).display(), log.display()),
+        })
+    }
+
+    fn chown(&self, path: &Path) -> Result<(), LocalPgError> {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    }
+
+    fn is_running(&self) -> bool {
+        let mut status = self.command("pg_ctl");
+        status.arg("status").arg("-D").arg(self.data_dir());
+        status.output().map(|o| o.status.success()).unwrap_or(false)
+    }
+
+    /// Initialises the cluster if needed and starts it unless it already runs.
+    pub fn start(&self) -> Result<(), LocalPgError> {
+        self.chown(&self.root)?;
+        let socket_dir = self.socket_dir();
+        std::fs::create_dir_all(&socket_dir)?;
+        self.chown(&socket_dir)?;
+        if !self.data_dir().join("PG_VERSION").exists() {
+            let mut initdb = self.command("initdb");
+            initdb.arg("-D").arg(self.data_dir()).args([
+                "-U",
+                DATABASE,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]);
+            self.run(initdb, "initdb").map_err(|e| self.explain_permissions(e))?;
+        }
+        if self.is_running() {
+            return Ok(());
+        }
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c port={} -c max_connections=200 \
+             -c shared_buffers=256MB -c wal_buffers=16MB -c max_wal_size=4GB -c checkpoint_timeout=15min \
+             -c synchronous_commit=on -c fsync=on",
+            socket_dir.display(),
+            self.port
+        );
+        let mut start = self.command("pg_ctl");
+        start.arg("start").arg("-w").arg("-t").arg("60").arg("-D").arg(self.data_dir());
+        start.arg("-l").arg(self.log_file()).arg("-o").arg(options);
+        self.run(start, "pg_ctl-start")
+    }
+
+    pub fn stop(&self) -> Result<(), LocalPgError> {
+        if !self.data_dir().join("PG_VERSION").exists() || !self.is_running() {
+            return Ok(());
+        }
+        let mut stop = self.command("pg_ctl");
+        stop.arg("stop").arg("-w").arg("-m").arg("fast").arg("-D").arg(self.data_dir());
+        self.run(stop, "pg_ctl-stop")
+    }
+
+    fn explain_permissions(&self, error: LocalPgError) -> LocalPgError {
+        match self.run_as {
+            Some(_) => LocalPgError::Setup(format!(
+                "{error}. PostgreSQL runs as an unprivileged user when triggerd runs as root: every parent of {} \
+                 must be searchable by that user (or choose a --data-dir under /tmp or /var/lib)",
+                self.root.display()
+            )),
+            None => error,
+        }
+    }
+
+    /// Creates the `triggerd` database if the cluster does not have it yet.
+    pub async fn ensure_database(&self) -> Result<(), LocalPgError> {
+        let url = format!(
+            "host={} port={} user={DATABASE} dbname=postgres",
+            self.socket_dir().display(),
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| LocalPgError::Setup(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
+            .await
+            .map_err(|e| LocalPgError::Setup(e.to_string()))?
+            .is_some();
+        if !exists {
+            client
+                .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+                .await
+                .map_err(|e| LocalPgError::Setup(e.to_string()))?;
+        }
+        drop(client);
+        let _ = driver.await;
+        Ok(())
+    }
+}
+
+/// `initdb`'s directory: on `PATH`, else the newest `/usr/lib/postgresql/<v>/bin`.
+fn find_bin_dir() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path).find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+    });
+    if let Some(dir) = on_path {
+        return Some(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn unprivileged_user() -> Result<(u32, u32), LocalPgError> {
+    for name in ["postgres", "nobody"] {
+        let Ok(c_name) = CString::new(name) else { continue };
+        // SAFETY: getpwnam gets a valid NUL-terminated string; the returned record is
+        // only read before any other getpw* call on this thread.
+        let record = unsafe { libc::getpwnam(c_name.as_ptr()) };
+        if !record.is_null() {
+            // SAFETY: checked non-null above; points at libc's static passwd record.
+            let (uid, gid) = unsafe { ((*record).pw_uid, (*record).pw_gid) };
+            return Ok((uid, gid));
+        }
+    }
+    Err(LocalPgError::Setup(
+        "running as root, but neither a postgres nor a nobody user exists to run PostgreSQL".into(),
+    ))
+}

@@ -1,0 +1,210 @@
+//! The storage core: one thread with a tokio current-thread runtime that owns every
+//! PostgreSQL connection. It runs the batch writers (group commit of the events the
+//! HTTP cores push onto their rings), executes commands sent by the HTTP cores, and
+//! broadcasts control messages (key revocation) back to them.
+//!
+//! Nothing on an HTTP core ever waits on PostgreSQL directly: it pushes onto a ring or
+//! sends a command and awaits the answer.
+
+pub mod local_pg;
+pub mod migrations;
+pub mod queries;
+pub mod writer;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::handoff::Handoff;
+use crate::shard::ratelimit::RateWindow;
+pub use queries::Command;
+use queries::Statements;
+pub use writer::BatchLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("unexpected data in the database: {0}")]
+    Corrupt(String),
+}
+
+/// Health of the write path, read by `/health/ready` on every core.
+#[derive(Debug, Default)]
+pub struct StorageStatus {
+    /// The last batch or connection attempt reached PostgreSQL.
+    pub db_ok: AtomicBool,
+}
+
+/// How to reach PostgreSQL; owned by the storage core.
+pub struct Db {
+    config: tokio_postgres::Config,
+    pub status: Arc<StorageStatus>,
+}
+
+impl Db {
+    /// Opens a connection and drives it on the storage core's runtime.
+    pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "database connection closed");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// Settings of the storage core.
+pub struct StorageConfig {
+    pub database: tokio_postgres::Config,
+    pub batch: BatchLimits,
+    /// Writer tasks, each with its own connection (2: one commits while one fills).
+    pub writers: usize,
+    /// Commands that may wait in the queue before HTTP cores get "overloaded".
+    pub command_queue_max: usize,
+    /// Commands executing at once (pipelined on the command connection).
+    pub commands_in_flight_max: usize,
+    /// CPU to pin the storage thread to, if any.
+    pub cpu: Option<usize>,
+}
+
+/// What the HTTP cores hold to talk to the storage core. Cheap to clone.
+#[derive(Clone)]
+pub struct StorageHandle {
+    commands: mpsc::Sender<Command>,
+    pub status: Arc<StorageStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the storage core's command queue is full")]
+pub struct QueueFull;
+
+impl StorageHandle {
+    /// Queues a command without waiting; `QueueFull` means answer 503.
+    pub fn send(&self, command: Command) -> Result<(), QueueFull> {
+        self.commands.try_send(command).map_err(|_| QueueFull)
+    }
+}
+
+struct CommandConnection {
+    client: Client,
+    statements: Statements,
+}
+
+/// State of the storage core, living on its thread.
+pub struct Storage {
+    db: Rc<Db>,
+    handoff: Arc<Handoff>,
+    /// The command connection; replaced when it closes.
+    connection: RefCell<Option<Rc<CommandConnection>>>,
+    /// Serialises reconnection so a burst of commands opens one connection.
+    reconnecting: tokio::sync::Mutex<()>,
+    /// One rate window per organisation seen, shared by every core. Bounded by the
+    /// number of organisations in the database.
+    rate_windows: RefCell<AHashMap<Uuid, Arc<RateWindow>>>,
+}
+
+impl Storage {
+    async fn commands(&self) -> Result<Rc<CommandConnection>, StorageError> {
+        if let Some(connection) = self.connection.borrow().as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(Rc::clone(connection));
+        }
+        let _guard = self.reconnecting.lock().await;
+        if let Some(connection) = self.connection.borrow().as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(Rc::clone(connection));
+        }
+        let client = self.db.connect().await?;
+        let statements = Statements::prepare(&client).await?;
+        let connection = Rc::new(CommandConnection { client, statements });
+        *self.connection.borrow_mut() = Some(Rc::clone(&connection));
+        Ok(connection)
+    }
+
+    fn rate_window(&self, org_id: Uuid) -> Arc<RateWindow> {
+        Arc::clone(self.rate_windows.borrow_mut().entry(org_id).or_default())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the storage thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("cannot reach PostgreSQL: {0}")]
+    Connect(String),
+    #[error("migrations failed: {0}")]
+    Migrate(String),
+}
+
+/// Starts the storage core; returns once the database is reachable and migrated.
+pub fn start(config: StorageConfig, handoff: Arc<Handoff>) -> Result<StorageHandle, StartError> {
+    let (commands, receiver) = mpsc::channel(config.command_queue_max);
+    let status = Arc::new(StorageStatus::default());
+    let (ready, started) = std::sync::mpsc::channel::<Result<(), StartError>>();
+    let thread_status = Arc::clone(&status);
+    std::thread::Builder::new().name("triggerd-storage".into()).spawn(move || {
+        if let Some(cpu) = config.cpu {
+            crate::runtime::pin_current_thread(cpu);
+        }
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let _ = ready.send(Err(StartError::Thread(e)));
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, run(config, handoff, thread_status, receiver, ready));
+    })?;
+    started.recv().map_err(|_| StartError::Connect("the storage thread died during start-up".into()))??;
+    Ok(StorageHandle { commands, status })
+}
+
+async fn run(
+    config: StorageConfig,
+    handoff: Arc<Handoff>,
+    status: Arc<StorageStatus>,
+    mut receiver: mpsc::Receiver<Command>,
+    ready: std::sync::mpsc::Sender<Result<(), StartError>>,
+) {
+    let db = Rc::new(Db { config: config.database, status });
+    match db.connect().await {
+        Ok(mut client) => {
+            if let Err(e) = migrations::migrate(&mut client).await {
+                let _ = ready.send(Err(StartError::Migrate(e.to_string())));
+                return;
+            }
+        }
+        Err(e) => {
+            let _ = ready.send(Err(StartError::Connect(e.to_string())));
+            return;
+        }
+    }
+    db.status.db_ok.store(true, Ordering::Relaxed);
+    for writer in 0..config.writers.max(1) {
+        tokio::task::spawn_local(writer::run(writer, Arc::clone(&handoff), Rc::clone(&db), config.batch));
+    }
+    let storage = Rc::new(Storage {
+        db,
+        handoff,
+        connection: RefCell::new(None),
+        reconnecting: tokio::sync::Mutex::new(()),
+        rate_windows: RefCell::new(AHashMap::new()),
+    });
+    let _ = ready.send(Ok(()));
+    let in_flight = Arc::new(Semaphore::new(config.commands_in_flight_max));
+    while let Some(command) = receiver.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
+        let storage = Rc::clone(&storage);
+        tokio::task::spawn_local(async move {
+            storage.execute(command).await;
+            drop(permit);
+        });
+    }
+}
