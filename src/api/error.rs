@@ -36,8 +36,6 @@ pub enum ApiError {
     Malformed(&'static str),
     #[error("the server is at capacity; retry shortly")]
     Overloaded { retry_after_secs: u64 },
-    #[error("{0}")]
-    NotImplemented(&'static str),
     #[error("an internal error occurred")]
     Internal,
 }
@@ -60,7 +58,6 @@ impl ApiError {
             ApiError::HeadersTooLarge => 431,
             ApiError::RequestTimeout => 408,
             ApiError::Overloaded { .. } => 503,
-            ApiError::NotImplemented(_) => 501,
             ApiError::Internal => 500,
         }
     }
@@ -79,7 +76,6 @@ impl ApiError {
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::Overloaded { .. } => "overloaded",
-            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Internal => "internal",
         }
     }

@@ -88,7 +88,7 @@ impl Handler for Api {
             ProtocolError::BodyTooLarge => ApiError::PayloadTooLarge,
             ProtocolError::Timeout => ApiError::RequestTimeout,
             ProtocolError::UnsupportedTransferEncoding => {
-                ApiError::NotImplemented("only the chunked transfer encoding is supported")
+                ApiError::Malformed("only the chunked transfer encoding is supported")
             }
         };
         error.write(response)

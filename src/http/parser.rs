@@ -102,7 +102,8 @@ impl HeadError {
             HeadError::Malformed(_) => 400,
             HeadError::HeadTooLarge | HeadError::TooManyHeaders => 431,
             HeadError::BodyTooLarge => 413,
-            HeadError::UnsupportedTransferEncoding => 501,
+            // Bad input is never answered with a 5xx (contract): 400, not 501.
+            HeadError::UnsupportedTransferEncoding => 400,
         }
     }
 }

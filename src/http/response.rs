@@ -31,7 +31,6 @@ fn status_head(status: u16) -> &'static [u8] {
         415 => head!("415 Unsupported Media Type"),
         429 => head!("429 Too Many Requests"),
         431 => head!("431 Request Header Fields Too Large"),
-        501 => head!("501 Not Implemented"),
         503 => head!("503 Service Unavailable"),
         _ => head!("500 Internal Server Error"),
     }

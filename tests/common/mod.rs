@@ -1,0 +1,263 @@
+//! Test harness: starts the real `triggerd` binary against the real PostgreSQL named
+//! by DATABASE_URL (scripts/test provides one), and speaks raw HTTP/1.1 over sockets.
+//! Readiness is the "listening" line the binary prints, never a sleep.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Argon2 memory cost for test servers: far cheaper than production, same code path.
+pub const TEST_ARGON2_MEMORY_KIB: &str = "1024";
+/// Guard against a hung test, never used to wait for something to happen.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL is not set: run the suite through scripts/test")
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    /// Starts a server with two HTTP cores on a free port; `extra` are more flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_triggerd"));
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-cores",
+                "2",
+                "--database-url",
+                &database_url(),
+            ])
+            .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB, "--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("spawn triggerd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("triggerd listening on http://") {
+                        break addr.parse().expect("address on the listening line");
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!("triggerd exited before listening: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { addr, child }
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::new(self.addr)
+    }
+
+    /// One request on a fresh connection.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Response {
+        self.connect().request(method, path, headers, body)
+    }
+
+    pub fn generate(&self, name: &str, tier: &str) -> Org {
+        let body = format!(r#"{{"organization_name":"{name}","tier":"{tier}"}}"#);
+        let response =
+            self.request("POST", "/api/keys/generate", &[("Content-Type", "application/json")], Some(&body));
+        assert_eq!(response.status, 201, "{}", response.text());
+        let json = response.json();
+        Org {
+            id: json["organization_id"].as_str().unwrap().to_string(),
+            key: json["api_key"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Kills the process at once (SIGKILL) and waits for it to be gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Org {
+    pub id: String,
+    pub key: String,
+}
+
+impl Org {
+    pub fn post_event(&self, server: &Server, body: &str) -> Response {
+        server.request("POST", "/api/events", &self.headers(), Some(body))
+    }
+
+    pub fn headers(&self) -> Vec<(&str, &str)> {
+        vec![("X-API-Key", self.key.as_str()), ("Content-Type", "application/json")]
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts the contract's error shape and code; returns the body.
+    pub fn assert_error(&self, status: u16, code: &str) -> serde_json::Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        let json = self.json();
+        assert_eq!(json["error"], code, "{json}");
+        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+        json
+    }
+}
+
+/// A raw client connection.
+pub struct Conn {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn { stream, buffer: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Response {
+        self.send(&build_request(method, path, headers, body));
+        self.read_response()
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Reads one response (Content-Length framed, as the server always sends).
+    pub fn read_response(&mut self) -> Response {
+        let head_end = loop {
+            if let Some(i) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(
+                self.fill(),
+                "connection closed before a response head; got {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            );
+        };
+        let head = String::from_utf8(self.buffer[..head_end].to_vec()).expect("ASCII head");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap().to_string();
+        let status: u16 = parts.next().unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').expect("header line");
+                (n.trim().to_string(), v.trim().to_string())
+            })
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let length = if status == 100 { 0 } else { length };
+        while self.buffer.len() < head_end + length {
+            assert!(self.fill(), "connection closed inside a body");
+        }
+        let body = self.buffer[head_end..head_end + length].to_vec();
+        self.buffer.drain(..head_end + length);
+        Response { status, version, headers, body }
+    }
+
+    /// True once the server has closed the connection (reads EOF).
+    pub fn is_closed_by_server(&mut self) -> bool {
+        self.buffer.is_empty() && !self.fill()
+    }
+}
+
+pub fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Vec<u8> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    if let Some(body) = body {
+        request.push_str(body);
+    }
+    request.into_bytes()
+}
+
+/// A synchronous PostgreSQL client for assertions on what was stored.
+pub fn db() -> postgres::Client {
+    postgres::Client::connect(&database_url(), postgres::NoTls).expect("connect to the test database")
+}
+
+pub fn event_count(db: &mut postgres::Client, org_id: &str) -> i64 {
+    let org: uuid::Uuid = org_id.parse().unwrap();
+    db.query_one("SELECT count(*) FROM events WHERE org_id = $1", &[&org]).unwrap().get(0)
+}
