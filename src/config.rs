@@ -27,7 +27,7 @@ pub struct ServeConfig {
 
     /// PostgreSQL to use (URL or key=value). Unset: the embedded private cluster
     /// under --data-dir is initialised and started.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Directory of the embedded PostgreSQL cluster (used without DATABASE_URL).
@@ -109,6 +109,33 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Refuses settings that cannot work, with the option's name.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--http-cores", self.http_cores.unwrap_or(1)),
+            ("--ring-capacity", self.ring_capacity),
+            ("--batch-events-max", self.batch_events_max),
+            ("--batch-bytes-max", self.batch_bytes_max),
+            ("--writers", self.writers),
+            ("--argon2-threads", self.argon2_threads),
+            ("--argon2-queue-max", self.argon2_queue_max),
+            ("--key-cache-max", self.key_cache_max),
+            ("--negative-cache-max", self.negative_cache_max),
+            ("--command-queue-max", self.command_queue_max),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.ring_capacity > 1 << 20 {
+            return Err("--ring-capacity must be at most 1048576".into());
+        }
+        if !(8..=1 << 22).contains(&self.argon2_memory_kib) {
+            return Err("--argon2-memory-kib must be between 8 and 4194304".into());
+        }
+        Ok(())
+    }
+
+
     pub fn http_cores(&self, cpus: usize) -> usize {
         self.http_cores.unwrap_or(cpus.saturating_sub(1)).max(1)
     }

@@ -145,6 +145,7 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 }
 
 fn serve(config: ServeConfig) -> Result<(), String> {
+    config.validate()?;
     init_logging(&config.log);
     let signals = block_shutdown_signals();
     runtime::check_io_uring()?;
