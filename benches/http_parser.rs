@@ -29,8 +29,12 @@ fn naive_parse(bytes: &[u8]) -> Option<(String, String, HashMap<String, String>)
 fn parser(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse_head");
     group.throughput(Throughput::Bytes(REQUEST.len() as u64));
-    group.bench_function("triggerd (httparse, ranges)", |b| b.iter(|| parse_head(black_box(REQUEST)).unwrap()));
-    group.bench_function("baseline (split + owned map)", |b| b.iter(|| naive_parse(black_box(REQUEST)).unwrap()));
+    group.bench_function("triggerd (httparse, ranges)", |b| {
+        b.iter(|| parse_head(black_box(REQUEST)).unwrap())
+    });
+    group.bench_function("baseline (split + owned map)", |b| {
+        b.iter(|| naive_parse(black_box(REQUEST)).unwrap())
+    });
     group.finish();
 }
 

@@ -30,7 +30,9 @@ fn validation(c: &mut Criterion) {
             validate_event(black_box(&mut scratch), &mut buffers).unwrap()
         })
     });
-    group.bench_function("baseline (serde_json Value)", |b| b.iter(|| baseline(black_box(EVENT.as_bytes())).unwrap()));
+    group.bench_function("baseline (serde_json Value)", |b| {
+        b.iter(|| baseline(black_box(EVENT.as_bytes())).unwrap())
+    });
     group.finish();
 }
 

@@ -135,7 +135,6 @@ impl ServeConfig {
         Ok(())
     }
 
-
     pub fn http_cores(&self, cpus: usize) -> usize {
         self.http_cores.unwrap_or(cpus.saturating_sub(1)).max(1)
     }
