@@ -27,6 +27,7 @@
 //!   rings into one `INSERT … SELECT FROM unnest(…)` per commit (group commit on two
 //!   connections), runs commands from the HTTP cores, applies migrations, and can run a
 //!   private PostgreSQL cluster.
+//! - [`metrics`] keeps per-core counters that only their core writes, merged on scrape.
 //! - [`model`] holds the domain types both sides share; [`config`] every knob.
 
 pub mod api;
@@ -35,6 +36,7 @@ pub mod config;
 pub mod handoff;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod shard;

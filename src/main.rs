@@ -18,6 +18,7 @@ use triggerd::auth::pool::HashPool;
 use triggerd::config::ServeConfig;
 use triggerd::handoff::Handoff;
 use triggerd::http::ConnectionLimits;
+use triggerd::metrics::Registry;
 use triggerd::runtime;
 use triggerd::shard::{ShardParts, ShardSettings};
 use triggerd::storage::local_pg::LocalPg;
@@ -175,6 +176,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     };
 
     let handoff = Handoff::new(http_cores, config.ring_capacity);
+    let metrics = Registry::new(http_cores);
     let storage = storage::start(
         StorageConfig {
             database,
@@ -183,6 +185,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
             command_queue_max: config.command_queue_max,
             commands_in_flight_max: 256,
             cpu: plan.storage_cpu,
+            metrics: Arc::clone(&metrics.storage),
         },
         Arc::clone(&handoff),
     )
@@ -193,6 +196,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
         handoff,
         storage,
         hash_pool,
+        metrics,
         settings: Arc::new(ShardSettings {
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
             key_cache_max: config.key_cache_max,

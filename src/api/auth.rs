@@ -12,9 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use super::error::ApiError;
+use super::overloaded;
 use crate::auth::keys::{key_digest, parse_lookup_id};
 use crate::auth::pool::{Answer, Work};
-use crate::ingest::OVERLOADED_RETRY_AFTER_SECS;
+use crate::metrics::CoreMetrics;
 use crate::model::Org;
 use crate::shard::keytable::Lookup;
 use crate::shard::Shard;
@@ -29,10 +30,6 @@ pub struct Authenticated {
     pub lookup_id: i64,
 }
 
-fn overloaded() -> ApiError {
-    ApiError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS }
-}
-
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -43,9 +40,12 @@ pub async fn authenticate(shard: &Shard, key: Option<&[u8]>) -> Result<Authentic
     let digest = key_digest(key);
     for _ in 0..RESOLVE_ATTEMPTS_MAX {
         match shard.keys.borrow().lookup(lookup_id, &digest, now_ms()) {
-            Lookup::Hit(org) => return Ok(Authenticated { org, lookup_id }),
+            Lookup::Hit(org) => {
+                CoreMetrics::count(&shard.metrics.auth_cache_hits, 1);
+                return Ok(Authenticated { org, lookup_id });
+            }
             Lookup::KnownBad => return Err(ApiError::Unauthorized),
-            Lookup::Miss => {}
+            Lookup::Miss => CoreMetrics::count(&shard.metrics.auth_cache_misses, 1),
         }
         let waiter = {
             let mut resolving = shard.resolving.borrow_mut();

@@ -1,16 +1,21 @@
-//! `POST /api/events`: decode (content type, JSON, contract fields), act (admit, hand
-//! off, await the commit), encode (202 with the stored id, or the error), with the
-//! rate-limit headers on every response once the organisation is known.
+//! `POST /api/events` and `POST /api/events/batch`: decode (content type, JSON,
+//! contract fields), act (admit, hand off, await the commit), encode (the stored id,
+//! or the error), with the rate-limit headers on every response once the
+//! organisation is known.
 
 use std::time::SystemTime;
+
+use simd_json::prelude::*;
 
 use super::auth::{authenticate, now_ms};
 use super::error::ApiError;
 use super::json::ObjectWriter;
 use super::require_json;
 use crate::http::{Request, ResponseBuf};
-use crate::ingest::validate::{validate_event, EventFields};
+use crate::ingest::batch::{array_element_spans, ingest_batch, EntryResult, BATCH_EVENTS_MAX};
+use crate::ingest::validate::{event_from_value, validate_event, EventFields};
 use crate::ingest::{ingest, RateState};
+use crate::metrics::CoreMetrics;
 use crate::shard::ratelimit::reset_secs;
 use crate::shard::Shard;
 
@@ -19,12 +24,22 @@ pub async fn post(shard: &Shard, request: Request<'_>, response: &mut ResponseBu
     let (fields, body) = match decode(shard, request) {
         Ok(decoded) => decoded,
         Err(error) => {
+            CoreMetrics::count(&shard.metrics.events_invalid, 1);
             write_rate_headers(response, RateState::peek(&auth.org, now_ms()));
             return Err(error);
         }
     };
     let (result, state) = ingest(shard, &auth.org, fields, body, SystemTime::now()).await;
     write_rate_headers(response, state);
+    let metrics = &shard.metrics;
+    let counter = match &result {
+        Ok(_) => &metrics.events_accepted,
+        Err(ApiError::DuplicateEvent { .. }) => &metrics.events_duplicate,
+        Err(ApiError::RateLimited { .. }) => &metrics.events_rate_limited,
+        Err(ApiError::Overloaded { .. }) => &metrics.events_overloaded,
+        Err(_) => &metrics.events_invalid,
+    };
+    CoreMetrics::count(counter, 1);
     let accepted = result?;
     ObjectWriter::new(&mut response.body)
         .uuid("id", &accepted.id)
@@ -34,13 +49,115 @@ pub async fn post(shard: &Shard, request: Request<'_>, response: &mut ResponseBu
     Ok(202)
 }
 
+fn body_text(request: &Request<'_>) -> Result<String, ApiError> {
+    require_json(request)?;
+    std::str::from_utf8(request.body)
+        .map(str::to_owned)
+        .map_err(|_| ApiError::InvalidJson("the request body is not valid UTF-8".into()))
+}
+
 fn decode(shard: &Shard, request: Request<'_>) -> Result<(EventFields, String), ApiError> {
-    require_json(&request)?;
-    let text = std::str::from_utf8(request.body)
-        .map_err(|_| ApiError::InvalidJson("the request body is not valid UTF-8".into()))?
-        .to_owned();
+    let text = body_text(&request)?;
     let fields = validate_event(request.body, &mut shard.json_buffers.borrow_mut())?;
     Ok((fields, text))
+}
+
+type Entries = Vec<Result<(EventFields, String), ApiError>>;
+
+/// The batch body: `{"events": [...]}`; each entry validated on its own.
+fn decode_batch(shard: &Shard, request: Request<'_>) -> Result<Entries, ApiError> {
+    let text = body_text(&request)?;
+    let mut buffers = shard.json_buffers.borrow_mut();
+    let value = simd_json::value::borrowed::to_value_with_buffers(request.body, &mut buffers)
+        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))?;
+    let object =
+        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
+    if let Some(key) = object.keys().find(|k| k.as_ref() != "events") {
+        return Err(ApiError::invalid(key.to_string(), format!("unknown field {key:?}; allowed: events")));
+    }
+    let events = object
+        .get("events")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| ApiError::invalid("events", "events must be an array of event objects"))?;
+    if events.len() > BATCH_EVENTS_MAX {
+        return Err(ApiError::invalid("events", format!("at most {BATCH_EVENTS_MAX} events per batch")));
+    }
+    let spans = array_element_spans(text.as_bytes());
+    if spans.len() != events.len() {
+        tracing::error!(
+            entries = events.len(),
+            spans = spans.len(),
+            "batch entry spans disagree with the parser"
+        );
+        return Err(ApiError::Internal);
+    }
+    Ok(events
+        .iter()
+        .zip(spans)
+        .map(|(entry, span)| event_from_value(entry).map(|fields| (fields, text[span].to_owned())))
+        .collect())
+}
+
+pub async fn post_batch(
+    shard: &Shard,
+    request: Request<'_>,
+    response: &mut ResponseBuf,
+) -> Result<u16, ApiError> {
+    let auth = authenticate(shard, request.api_key()).await?;
+    let entries = match decode_batch(shard, request) {
+        Ok(entries) => entries,
+        Err(error) => {
+            write_rate_headers(response, RateState::peek(&auth.org, now_ms()));
+            return Err(error);
+        }
+    };
+    let (results, state) = match ingest_batch(shard, &auth.org, entries, SystemTime::now()).await {
+        Ok(done) => done,
+        Err(error) => {
+            write_rate_headers(response, RateState::peek(&auth.org, now_ms()));
+            return Err(error);
+        }
+    };
+    write_rate_headers(response, state);
+    let metrics = &shard.metrics;
+    let out = &mut response.body;
+    out.extend_from_slice(b"{\"results\":[");
+    for (index, result) in results.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        let mut object = ObjectWriter::new(out);
+        object.uint("index", index as u64);
+        match result {
+            EntryResult::Accepted { id } => {
+                CoreMetrics::count(&metrics.events_accepted, 1);
+                object.str("status", "accepted").uuid("id", id);
+            }
+            EntryResult::Duplicate { event_id } => {
+                CoreMetrics::count(&metrics.events_duplicate, 1);
+                object.str("status", "duplicate").uuid("event_id", event_id);
+            }
+            EntryResult::Invalid { error } => {
+                CoreMetrics::count(&metrics.events_invalid, 1);
+                object.str("status", "invalid").str("error", error);
+            }
+            EntryResult::RateLimited { retry_after_secs } => {
+                CoreMetrics::count(&metrics.events_rate_limited, 1);
+                let error =
+                    format!("the organisation's rate limit is exhausted; retry after {retry_after_secs} s");
+                object.str("status", "rate_limited").str("error", &error);
+            }
+            EntryResult::Overloaded => {
+                CoreMetrics::count(&metrics.events_overloaded, 1);
+                object
+                    .str("status", "overloaded")
+                    .str("error", "the database was unavailable; nothing was stored");
+            }
+        }
+        object.finish();
+    }
+    out.extend_from_slice(b"]}");
+    Ok(200)
 }
 
 /// `X-RateLimit-*` and the IETF draft `RateLimit-Policy` / `RateLimit` fields.

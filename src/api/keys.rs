@@ -1,43 +1,20 @@
 //! Organisations and their keys: `POST /api/keys/generate` (sign-up, optionally
 //! behind an admin token), `GET /api/keys` and `POST /api/keys/rotate`.
 
-use simd_json::prelude::*;
-use tokio::sync::oneshot;
-
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::json::ObjectWriter;
-use super::require_json;
+use super::{ask, overloaded, require_json};
 use crate::auth::keys::{constant_time_eq, generate_signing_secret, key_digest, NewKey};
 use crate::auth::pool::{Answer, Work};
 use crate::http::{Request, ResponseBuf};
-use crate::ingest::OVERLOADED_RETRY_AFTER_SECS;
 use crate::model::Tier;
 use crate::shard::Shard;
 use crate::storage::queries::{Command, NewKeyForOrg, NewOrg};
-use crate::storage::StorageError;
+use simd_json::prelude::*;
 
 /// Longest organisation name, in characters.
 pub const ORGANIZATION_NAME_CHARS_MAX: usize = 200;
-
-fn overloaded() -> ApiError {
-    ApiError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS }
-}
-
-fn storage_failed(error: StorageError) -> ApiError {
-    tracing::warn!(error = %error, "storage command failed");
-    overloaded()
-}
-
-/// Sends a command and awaits its answer.
-async fn ask<T>(
-    shard: &Shard,
-    command: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Command,
-) -> Result<T, ApiError> {
-    let (reply, answer) = oneshot::channel();
-    shard.storage.send(command(reply)).map_err(|_| overloaded())?;
-    answer.await.map_err(|_| ApiError::Internal)?.map_err(storage_failed)
-}
 
 /// A new key and its Argon2id hash (computed in the blocking pool).
 async fn new_hashed_key(shard: &Shard) -> Result<(NewKey, String), ApiError> {

@@ -2,43 +2,86 @@
 //! request, act (through the shard or the storage core), encode the reply. Errors
 //! are `ApiError`, turned into HTTP in exactly one place (`error.rs`).
 
+pub mod ack;
 pub mod auth;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod inbox;
 pub mod json;
 pub mod keys;
+pub mod metrics;
+pub mod webhooks;
 
 use std::rc::Rc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
 
 use crate::http::{Handler, Method, ProtocolError, Request, ResponseBuf};
+use crate::ingest::OVERLOADED_RETRY_AFTER_SECS;
 use crate::shard::Shard;
+use crate::storage::queries::Command;
+use crate::storage::StorageError;
 use error::ApiError;
 
-/// Every route the service serves.
+/// Every route the service serves. The discriminant indexes `metrics::ROUTE_LABELS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    Health,
+    Health = 1,
     Ready,
+    Metrics,
     KeysGenerate,
     Keys,
     KeysRotate,
     Events,
+    EventsBatch,
+    Inbox,
+    Ack,
+    AckBatch,
+    WebhookConfig,
 }
 
-/// (path, route, methods allowed) — the whole routing table.
+/// (path template, route, methods allowed) — the whole routing table. `{id}` matches
+/// one path segment.
 pub const ROUTES: &[(&str, Route, &str)] = &[
     ("/health", Route::Health, "GET, HEAD"),
     ("/health/ready", Route::Ready, "GET, HEAD"),
+    ("/metrics", Route::Metrics, "GET, HEAD"),
     ("/api/keys/generate", Route::KeysGenerate, "POST"),
     ("/api/keys", Route::Keys, "GET, HEAD"),
     ("/api/keys/rotate", Route::KeysRotate, "POST"),
     ("/api/events", Route::Events, "POST"),
+    ("/api/events/batch", Route::EventsBatch, "POST"),
+    ("/api/inbox", Route::Inbox, "GET, HEAD"),
+    ("/api/ack/{id}", Route::Ack, "POST"),
+    ("/api/ack", Route::AckBatch, "POST"),
+    ("/api/webhook/config", Route::WebhookConfig, "POST"),
 ];
 
+/// A matched route and its `{id}` segment, if the template has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matched<'a> {
+    pub route: Route,
+    pub id: Option<&'a str>,
+}
+
+fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> {
+    match template.strip_suffix("{id}") {
+        Some(prefix) => {
+            let id = path.strip_prefix(prefix)?;
+            (!id.is_empty() && !id.contains('/')).then_some(Some(id))
+        }
+        None => (template == path).then_some(None),
+    }
+}
+
 /// Finds the route for a method and path (query string excluded).
-pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
-    let Some(&(_, route, allow)) = ROUTES.iter().find(|(p, _, _)| *p == path) else {
+pub fn route(method: Method, path: &str) -> Result<Matched<'_>, ApiError> {
+    let Some((route, allow, id)) = ROUTES
+        .iter()
+        .find_map(|(template, route, allow)| Some((*route, *allow, match_template(template, path)?)))
+    else {
         return Err(ApiError::NotFound("no such route"));
     };
     let name = match method {
@@ -48,7 +91,7 @@ pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
         _ => return Err(ApiError::MethodNotAllowed { allow }),
     };
     if allow.split(", ").any(|m| m == name) {
-        Ok(route)
+        Ok(Matched { route, id })
     } else {
         Err(ApiError::MethodNotAllowed { allow })
     }
@@ -60,25 +103,44 @@ pub struct Api {
 }
 
 impl Api {
-    async fn dispatch(&self, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
+    async fn dispatch(
+        &self,
+        request: Request<'_>,
+        response: &mut ResponseBuf,
+        route: Route,
+        id: Option<&str>,
+    ) -> Result<u16, ApiError> {
         let shard = &*self.shard;
-        match route(request.head.method, request.path())? {
+        match route {
             Route::Health => health::live(response),
             Route::Ready => health::ready(shard, response),
+            Route::Metrics => metrics::scrape(shard, response),
             Route::KeysGenerate => keys::generate(shard, request, response).await,
             Route::Keys => keys::show(shard, request, response).await,
             Route::KeysRotate => keys::rotate(shard, request, response).await,
             Route::Events => events::post(shard, request, response).await,
+            Route::EventsBatch => events::post_batch(shard, request, response).await,
+            Route::Inbox => inbox::list(shard, request, response).await,
+            Route::Ack => ack::one(shard, request, id.unwrap_or_default(), response).await,
+            Route::AckBatch => ack::many(shard, request, response).await,
+            Route::WebhookConfig => webhooks::configure(shard, request, response).await,
         }
     }
 }
 
 impl Handler for Api {
     async fn handle<'a>(&'a self, request: Request<'a>, response: &'a mut ResponseBuf) -> u16 {
-        match self.dispatch(request, response).await {
-            Ok(status) => status,
-            Err(error) => error.write(response),
-        }
+        let started = Instant::now();
+        let (route_index, result) = match route(request.head.method, request.path()) {
+            Ok(Matched { route, id }) => {
+                let id = id.map(str::to_owned);
+                (route as usize, self.dispatch(request, response, route, id.as_deref()).await)
+            }
+            Err(error) => (0, Err(error)),
+        };
+        let status = result.unwrap_or_else(|error| error.write(response));
+        self.shard.metrics.request(route_index, status, started.elapsed());
+        status
     }
 
     fn protocol_error(&self, error: ProtocolError, response: &mut ResponseBuf) -> u16 {
@@ -91,11 +153,13 @@ impl Handler for Api {
                 ApiError::Malformed("only the chunked transfer encoding is supported")
             }
         };
-        error.write(response)
+        let status = error.write(response);
+        self.shard.metrics.request(0, status, std::time::Duration::ZERO);
+        status
     }
 }
 
-/// Checks the content type and that a body is present, for routes that take one.
+/// Checks the content type, for routes that take a body.
 pub fn require_json(request: &Request<'_>) -> Result<(), ApiError> {
     if !request.is_json() {
         return Err(ApiError::UnsupportedMediaType);
@@ -103,20 +167,73 @@ pub fn require_json(request: &Request<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
+pub fn overloaded() -> ApiError {
+    ApiError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS }
+}
+
+/// Sends a command to the storage core and awaits its answer. A full queue or a
+/// database failure is a 503: the client may retry.
+pub async fn ask<T>(
+    shard: &Shard,
+    command: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Command,
+) -> Result<T, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    shard.storage.send(command(reply)).map_err(|_| overloaded())?;
+    answer.await.map_err(|_| ApiError::Internal)?.map_err(|error| {
+        tracing::warn!(error = %error, "storage command failed");
+        overloaded()
+    })
+}
+
+/// Parses a JSON request body in place into a simd-json value, after the media type check.
+pub fn parse_json_body<'a>(
+    request: &'a mut Request<'_>,
+    buffers: &mut simd_json::Buffers,
+) -> Result<simd_json::BorrowedValue<'a>, ApiError> {
+    require_json(request)?;
+    simd_json::value::borrowed::to_value_with_buffers(request.body, buffers)
+        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn matched(method: Method, path: &str) -> Result<(Route, Option<&str>), &'static str> {
+        route(method, path).map(|m| (m.route, m.id)).map_err(|e| e.code())
+    }
+
     #[test]
     fn routes_methods_and_unknown_paths() {
-        assert_eq!(route(Method::Post, "/api/events").unwrap(), Route::Events);
-        assert_eq!(route(Method::Head, "/health").unwrap(), Route::Health);
-        assert!(matches!(
-            route(Method::Get, "/api/events"),
-            Err(ApiError::MethodNotAllowed { allow: "POST" })
-        ));
-        assert!(matches!(route(Method::Delete, "/api/keys"), Err(ApiError::MethodNotAllowed { .. })));
-        assert!(matches!(route(Method::Get, "/api/events/"), Err(ApiError::NotFound(_))));
-        assert!(matches!(route(Method::Get, "/nope"), Err(ApiError::NotFound(_))));
+        assert_eq!(matched(Method::Post, "/api/events"), Ok((Route::Events, None)));
+        assert_eq!(matched(Method::Post, "/api/events/batch"), Ok((Route::EventsBatch, None)));
+        assert_eq!(matched(Method::Head, "/health"), Ok((Route::Health, None)));
+        assert_eq!(matched(Method::Post, "/api/ack/abc"), Ok((Route::Ack, Some("abc"))));
+        assert_eq!(matched(Method::Post, "/api/ack"), Ok((Route::AckBatch, None)));
+        assert_eq!(matched(Method::Get, "/api/events"), Err("method_not_allowed"));
+        assert_eq!(matched(Method::Get, "/api/ack/abc"), Err("method_not_allowed"));
+        assert_eq!(matched(Method::Delete, "/api/keys"), Err("method_not_allowed"));
+        assert_eq!(matched(Method::Post, "/api/ack/a/b"), Err("not_found"));
+        assert_eq!(matched(Method::Post, "/api/ack/"), Err("not_found"));
+        assert_eq!(matched(Method::Get, "/api/events/"), Err("not_found"));
+        assert_eq!(matched(Method::Get, "/nope"), Err("not_found"));
+    }
+
+    #[test]
+    fn route_discriminants_index_the_metric_labels() {
+        for (template, route, _) in ROUTES {
+            let label = crate::metrics::ROUTE_LABELS[*route as usize];
+            let expected = template
+                .trim_start_matches("/api/")
+                .trim_start_matches('/')
+                .replace("/{id}", "")
+                .replace('/', "_");
+            let expected = match expected.as_str() {
+                "ack" if *route == Route::AckBatch => "ack_batch".to_string(),
+                "webhook_config" => "webhook_config".to_string(),
+                other => other.to_string(),
+            };
+            assert_eq!(label, expected, "{template}");
+        }
     }
 }

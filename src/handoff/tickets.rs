@@ -80,6 +80,11 @@ impl Tickets {
         Ok(TicketFuture { slab: Rc::clone(&self.slab), slot, finished: false })
     }
 
+    /// Ticket slots free right now: how many events this core can still hand off.
+    pub fn free_slots(&self) -> usize {
+        self.slab.borrow().free.len()
+    }
+
     /// Tickets currently outstanding on this core.
     pub fn in_flight(&self) -> usize {
         let slab = self.slab.borrow();

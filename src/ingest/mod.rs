@@ -2,6 +2,7 @@
 //! rate window, give it a UUIDv7, push it onto the core's ring and await the storage
 //! core's verdict. The HTTP details (headers, status codes) stay in `api::events`.
 
+pub mod batch;
 pub mod validate;
 
 use std::time::SystemTime;
@@ -64,7 +65,7 @@ pub async fn ingest(
         }
     };
     let (mut state, window_id) = window;
-    let id = shard.next_id(now_ms);
+    let id = shard.next_id(created_at_micros);
     let dedup_id = fields.dedup_id.clone();
     let record = EventRecord {
         id,

@@ -24,25 +24,19 @@ pub struct EventFields {
 pub fn validate_event(body: &mut [u8], buffers: &mut simd_json::Buffers) -> Result<EventFields, ApiError> {
     let value = simd_json::value::borrowed::to_value_with_buffers(body, buffers)
         .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))?;
-    event_from_value(&value, "")
+    event_from_value(&value)
 }
 
-/// Validates one event object; `field_prefix` names it inside a batch (`events[3].`).
-pub fn event_from_value(value: &Value<'_>, field_prefix: &str) -> Result<EventFields, ApiError> {
-    let field = |name: &'static str| -> std::borrow::Cow<'static, str> {
-        if field_prefix.is_empty() {
-            name.into()
-        } else {
-            format!("{field_prefix}{name}").into()
-        }
-    };
+/// Validates one event object (a whole body, or one entry of a batch).
+pub fn event_from_value(value: &Value<'_>) -> Result<EventFields, ApiError> {
+    let field = |name: &'static str| name;
     let Some(object) = value.as_object() else {
         return Err(ApiError::InvalidJson("the event must be a JSON object".into()));
     };
     for key in object.keys() {
         if !matches!(key.as_ref(), "type" | "payload" | "dedup_id") {
             return Err(ApiError::invalid(
-                format!("{field_prefix}{key}"),
+                key.to_string(),
                 format!("unknown field {key:?}; allowed: type, payload, dedup_id"),
             ));
         }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::auth::pool::HashPool;
 use crate::handoff::tickets::Tickets;
 use crate::handoff::{Control, Handoff};
+use crate::metrics::{CoreMetrics, Registry};
 use crate::model::Org;
 use crate::storage::StorageHandle;
 use keytable::KeyTable;
@@ -36,6 +37,7 @@ pub struct ShardParts {
     pub storage: StorageHandle,
     pub hash_pool: HashPool,
     pub settings: Arc<ShardSettings>,
+    pub metrics: Arc<Registry>,
 }
 
 /// Waiters for a key that one request on this core is already resolving.
@@ -53,6 +55,9 @@ pub struct Shard {
     pub hash_pool: HashPool,
     pub handoff: Arc<Handoff>,
     pub settings: Arc<ShardSettings>,
+    /// Every core's counters (for `/metrics`) and this core's own, which only it writes.
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<CoreMetrics>,
     ids: RefCell<IdGenerator>,
     /// simd-json scratch space, reused by every request on this core.
     pub json_buffers: RefCell<simd_json::Buffers>,
@@ -72,14 +77,16 @@ impl Shard {
             hash_pool: parts.hash_pool,
             handoff: parts.handoff,
             settings: parts.settings,
+            metrics: Arc::clone(&parts.metrics.cores[core]),
+            registry: parts.metrics,
             ids: RefCell::new(IdGenerator::seeded()),
             json_buffers: RefCell::new(simd_json::Buffers::new(4096)),
         }
     }
 
-    /// A UUIDv7 for an event created at `now_ms`.
-    pub fn next_id(&self, now_ms: u64) -> Uuid {
-        self.ids.borrow_mut().next_v7(now_ms)
+    /// A UUIDv7 for an event created at `now_micros`.
+    pub fn next_id(&self, now_micros: i64) -> Uuid {
+        self.ids.borrow_mut().next_v7(now_micros)
     }
 
     /// Applies a control message from the storage core.
@@ -93,9 +100,13 @@ impl Shard {
     }
 }
 
-/// UUIDv7 from a per-core generator: 48 bits of milliseconds and 74 random bits from
-/// a fast PRNG (wyrand) seeded from the OS. Ids are not secrets, and a per-core
-/// generator needs no lock (uuid's `now_v7` shares one context across threads).
+/// UUIDv7 from a per-core generator: 48 bits of milliseconds, then the microseconds
+/// within that millisecond in the 12-bit `rand_a` field (RFC 9562 §6.2, method 3), then
+/// 62 random bits from a fast PRNG (wyrand) seeded from the OS. Because the id carries
+/// the event's `created_at` to the microsecond, ordering by id is ordering by
+/// `(created_at, id)`: the primary key `(org_id, id)` serves the inbox order and its
+/// cursors. Ids are not secrets, and a per-core generator needs no lock (uuid's
+/// `now_v7` shares one context across threads).
 struct IdGenerator {
     state: u64,
 }
@@ -120,11 +131,16 @@ impl IdGenerator {
         (product as u64) ^ ((product >> 64) as u64)
     }
 
-    fn next_v7(&mut self, now_ms: u64) -> Uuid {
-        let mut random = [0u8; 10];
-        random[..8].copy_from_slice(&self.next_u64().to_le_bytes());
-        random[8..].copy_from_slice(&self.next_u64().to_le_bytes()[..2]);
-        uuid::Builder::from_unix_timestamp_millis(now_ms, &random).into_uuid()
+    fn next_v7(&mut self, now_micros: i64) -> Uuid {
+        let micros = now_micros.max(0) as u64;
+        let (millis, sub_millis) = (micros / 1000, (micros % 1000) as u16);
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[6] = 0x70 | (sub_millis >> 8) as u8;
+        bytes[7] = sub_millis as u8;
+        bytes[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        bytes[8] = 0x80 | (bytes[8] & 0x3f);
+        Uuid::from_bytes(bytes)
     }
 }
 
@@ -133,14 +149,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_v7_time_ordered_and_distinct() {
+    fn ids_are_v7_ordered_by_microsecond_and_distinct() {
         let mut ids = IdGenerator::seeded();
-        let a = ids.next_v7(1_000);
-        let b = ids.next_v7(1_001);
-        let c = ids.next_v7(1_001);
-        assert_eq!(a.get_version_num(), 7);
-        assert!(a < b && b != c);
-        let (secs, nanos) = b.get_timestamp().unwrap().to_unix();
-        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, 1_001);
+        let micros =
+            [1_700_000_000_000_000i64, 1_700_000_000_000_001, 1_700_000_000_000_999, 1_700_000_000_001_000];
+        let generated: Vec<Uuid> = micros.iter().map(|&m| ids.next_v7(m)).collect();
+        assert!(generated.windows(2).all(|w| w[0] < w[1]), "{generated:?}");
+        for id in &generated {
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        }
+        let (secs, nanos) = generated[2].get_timestamp().unwrap().to_unix();
+        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, 1_700_000_000_000);
+        assert_ne!(ids.next_v7(micros[0]), generated[0]);
     }
 }

@@ -5,7 +5,10 @@
 use tokio_postgres::Client;
 
 /// (version, name, SQL), in order. Append only; never edit an applied migration.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "inbox_indexes", include_str!("migrations/0002_inbox_indexes.sql")),
+];
 
 /// Arbitrary constant naming triggerd's migration lock.
 const MIGRATION_LOCK_ID: i64 = 0x7472_6967_6765_7264;

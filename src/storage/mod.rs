@@ -22,6 +22,7 @@ use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use crate::handoff::Handoff;
+use crate::metrics::StorageMetrics;
 use crate::shard::ratelimit::RateWindow;
 pub use queries::Command;
 use queries::Statements;
@@ -73,6 +74,8 @@ pub struct StorageConfig {
     pub commands_in_flight_max: usize,
     /// CPU to pin the storage thread to, if any.
     pub cpu: Option<usize>,
+    /// Batch and commit metrics, written by the writers.
+    pub metrics: Arc<StorageMetrics>,
 }
 
 /// What the HTTP cores hold to talk to the storage core. Cheap to clone.
@@ -188,7 +191,13 @@ async fn run(
     }
     db.status.db_ok.store(true, Ordering::Relaxed);
     for writer in 0..config.writers.max(1) {
-        tokio::task::spawn_local(writer::run(writer, Arc::clone(&handoff), Rc::clone(&db), config.batch));
+        tokio::task::spawn_local(writer::run(
+            writer,
+            Arc::clone(&handoff),
+            Rc::clone(&db),
+            config.batch,
+            Arc::clone(&config.metrics),
+        ));
     }
     let storage = Rc::new(Storage {
         db,

@@ -62,6 +62,66 @@ pub enum Command {
         org_id: Uuid,
         reply: Reply<Option<OrgView>>,
     },
+    Inbox {
+        query: InboxQuery,
+        reply: Reply<Vec<InboxEvent>>,
+    },
+    /// Answers the first acknowledgement time, or `None` if the organisation has no
+    /// such event.
+    AckOne {
+        org_id: Uuid,
+        id: Uuid,
+        reply: Reply<Option<i64>>,
+    },
+    /// Answers the ids (of those given) that are acknowledged now.
+    AckMany {
+        org_id: Uuid,
+        ids: Vec<Uuid>,
+        reply: Reply<Vec<Uuid>>,
+    },
+    /// Answers (signing secret, updated at), or `None` if the organisation is gone.
+    SetWebhook {
+        org_id: Uuid,
+        url: Option<String>,
+        reply: Reply<Option<(String, i64)>>,
+    },
+}
+
+/// Which events an inbox page lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxView {
+    /// `pending` and `failed` (the default).
+    Undelivered,
+    Pending,
+    Failed,
+    Delivered,
+    All,
+}
+
+/// One inbox page request. Pages are newest first; `before` is the cursor (the last
+/// id of the previous page).
+#[derive(Debug, Clone)]
+pub struct InboxQuery {
+    pub org_id: Uuid,
+    pub view: InboxView,
+    pub before: Option<Uuid>,
+    /// Rows to return (the caller asks one more than it shows, to know if a next page exists).
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// An event as the inbox lists it.
+#[derive(Debug, Clone)]
+pub struct InboxEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    /// The payload as JSON text (PostgreSQL's jsonb rendering).
+    pub payload: String,
+    pub dedup_id: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub created_at_micros: i64,
+    pub delivered_at_micros: Option<i64>,
 }
 
 const MICROS: &str = "(extract(epoch FROM {}) * 1000000)::int8";
@@ -76,6 +136,28 @@ pub struct Statements {
     create_org: Statement,
     rotate_key: Statement,
     get_org: Statement,
+    inbox_undelivered: Statement,
+    inbox_delivered: Statement,
+    inbox_all: Statement,
+    ack_one: Statement,
+    find_acked: Statement,
+    ack_many: Statement,
+    find_existing: Statement,
+    set_webhook: Statement,
+}
+
+/// The columns an inbox page returns, and its order. `id < $2` is the cursor (the
+/// largest UUID when there is none); id order is (created_at, id) order.
+fn inbox_sql(filter: &str) -> String {
+    format!(
+        "SELECT id, type, payload::text, dedup_id, status, attempts, {}, {}
+         FROM events
+         WHERE org_id = $1 AND id < $2 {filter}
+         ORDER BY id DESC
+         LIMIT $3 OFFSET $4",
+        micros("created_at"),
+        micros("delivered_at")
+    )
 }
 
 impl Statements {
@@ -120,6 +202,45 @@ impl Statements {
                     micros("o.created_at")
                 ))
                 .await?,
+            // The literal `status <> 'delivered'` lets the planner use the partial index.
+            inbox_undelivered: client
+                .prepare(&inbox_sql("AND status <> 'delivered' AND status = ANY($5::text[])"))
+                .await?,
+            inbox_delivered: client.prepare(&inbox_sql("AND status = 'delivered'")).await?,
+            inbox_all: client.prepare(&inbox_sql("")).await?,
+            ack_one: client
+                .prepare(&format!(
+                    "UPDATE events SET status = 'delivered', delivered_at = now()
+                     WHERE org_id = $1 AND id = $2 AND status <> 'delivered'
+                     RETURNING {}",
+                    micros("delivered_at")
+                ))
+                .await?,
+            // A fresh statement (and snapshot) sees an acknowledgement committed by a
+            // concurrent request that the UPDATE waited for.
+            find_acked: client
+                .prepare(&format!(
+                    "SELECT {} FROM events WHERE org_id = $1 AND id = $2 AND status = 'delivered'",
+                    micros("delivered_at")
+                ))
+                .await?,
+            ack_many: client
+                .prepare(
+                    "UPDATE events SET status = 'delivered', delivered_at = now()
+                     WHERE org_id = $1 AND id = ANY($2::uuid[]) AND status <> 'delivered'
+                     RETURNING id",
+                )
+                .await?,
+            find_existing: client
+                .prepare("SELECT id FROM events WHERE org_id = $1 AND id = ANY($2::uuid[]) AND status = 'delivered'")
+                .await?,
+            set_webhook: client
+                .prepare(&format!(
+                    "UPDATE organizations SET webhook_url = $2, updated_at = now() WHERE org_id = $1
+                     RETURNING signing_secret, {}",
+                    micros("updated_at")
+                ))
+                .await?,
         })
     }
 }
@@ -144,7 +265,109 @@ impl Storage {
             Command::GetOrg { org_id, reply } => {
                 let _ = reply.send(self.get_org(org_id).await);
             }
+            Command::Inbox { query, reply } => {
+                let _ = reply.send(self.inbox(query).await);
+            }
+            Command::AckOne { org_id, id, reply } => {
+                let _ = reply.send(self.ack_one(org_id, id).await);
+            }
+            Command::AckMany { org_id, ids, reply } => {
+                let _ = reply.send(self.ack_many(org_id, ids).await);
+            }
+            Command::SetWebhook { org_id, url, reply } => {
+                let _ = reply.send(self.set_webhook(org_id, url).await);
+            }
         }
+    }
+
+    async fn inbox(&self, query: InboxQuery) -> Result<Vec<InboxEvent>, StorageError> {
+        let connection = self.commands().await?;
+        let before = query.before.unwrap_or(Uuid::max());
+        let statements = &connection.statements;
+        let statuses: &[&str] = match query.view {
+            InboxView::Undelivered => &["pending", "failed"],
+            InboxView::Pending => &["pending"],
+            InboxView::Failed => &["failed"],
+            InboxView::Delivered | InboxView::All => &[],
+        };
+        let rows = match query.view {
+            InboxView::Delivered => {
+                connection
+                    .client
+                    .query(
+                        &statements.inbox_delivered,
+                        &[&query.org_id, &before, &query.limit, &query.offset],
+                    )
+                    .await?
+            }
+            InboxView::All => {
+                connection
+                    .client
+                    .query(&statements.inbox_all, &[&query.org_id, &before, &query.limit, &query.offset])
+                    .await?
+            }
+            _ => {
+                connection
+                    .client
+                    .query(
+                        &statements.inbox_undelivered,
+                        &[&query.org_id, &before, &query.limit, &query.offset, &statuses],
+                    )
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(InboxEvent {
+                    id: row.try_get(0)?,
+                    event_type: row.try_get(1)?,
+                    payload: row.try_get(2)?,
+                    dedup_id: row.try_get(3)?,
+                    status: row.try_get(4)?,
+                    attempts: row.try_get(5)?,
+                    created_at_micros: row.try_get(6)?,
+                    delivered_at_micros: row.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack_one(&self, org_id: Uuid, id: Uuid) -> Result<Option<i64>, StorageError> {
+        let connection = self.commands().await?;
+        let statements = &connection.statements;
+        if let Some(row) = connection.client.query_opt(&statements.ack_one, &[&org_id, &id]).await? {
+            return Ok(Some(row.try_get(0)?));
+        }
+        match connection.client.query_opt(&statements.find_acked, &[&org_id, &id]).await? {
+            Some(row) => Ok(Some(row.try_get(0)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn ack_many(&self, org_id: Uuid, ids: Vec<Uuid>) -> Result<Vec<Uuid>, StorageError> {
+        let connection = self.commands().await?;
+        let statements = &connection.statements;
+        let mut acknowledged: Vec<Uuid> = Vec::with_capacity(ids.len());
+        for row in connection.client.query(&statements.ack_many, &[&org_id, &ids]).await? {
+            acknowledged.push(row.try_get(0)?);
+        }
+        let rest: Vec<Uuid> = ids.iter().filter(|id| !acknowledged.contains(id)).copied().collect();
+        if !rest.is_empty() {
+            for row in connection.client.query(&statements.find_existing, &[&org_id, &rest]).await? {
+                acknowledged.push(row.try_get(0)?);
+            }
+        }
+        Ok(acknowledged)
+    }
+
+    async fn set_webhook(
+        &self,
+        org_id: Uuid,
+        url: Option<String>,
+    ) -> Result<Option<(String, i64)>, StorageError> {
+        let connection = self.commands().await?;
+        let row = connection.client.query_opt(&connection.statements.set_webhook, &[&org_id, &url]).await?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).transpose()
     }
 
     async fn lookup_key(&self, lookup_id: i64) -> Result<Vec<KeyCandidate>, StorageError> {

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::Db;
 use crate::handoff::{EventRecord, Handoff, Outcome};
+use crate::metrics::StorageMetrics;
 
 /// The one statement per batch. The dedup ledger is claimed first; an event is
 /// inserted only if it has no dedup_id or won its claim. The final SELECT lists only
@@ -75,7 +76,13 @@ const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// One writer task; runs for the life of the storage core.
-pub async fn run(writer: usize, handoff: Arc<Handoff>, db: Rc<Db>, limits: BatchLimits) {
+pub async fn run(
+    writer: usize,
+    handoff: Arc<Handoff>,
+    db: Rc<Db>,
+    limits: BatchLimits,
+    metrics: Arc<StorageMetrics>,
+) {
     let mut connection: Option<WriterConnection> = None;
     let mut next_attempt = Instant::now();
     let mut delay = RECONNECT_DELAY_MIN;
@@ -105,10 +112,13 @@ pub async fn run(writer: usize, handoff: Arc<Handoff>, db: Rc<Db>, limits: Batch
                 }
             }
         }
+        let started = Instant::now();
         let outcomes = match &connection {
             Some(c) => write_batch(c, &batch).await,
             None => vec![Outcome::Unavailable; batch.len()],
         };
+        let failed = outcomes.iter().all(|o| *o == Outcome::Unavailable);
+        metrics.batch(batch.len(), started.elapsed(), failed);
         if connection.as_ref().is_some_and(|c| c.client.is_closed()) {
             connection = None;
             next_attempt = Instant::now();

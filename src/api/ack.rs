@@ -1,0 +1,92 @@
+//! `POST /api/ack/{id}` and `POST /api/ack`: mark events delivered. Idempotent: a
+//! second acknowledgement answers with the first `acknowledged_at`.
+
+use simd_json::prelude::*;
+use uuid::Uuid;
+
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::json::{write_uuid, ObjectWriter};
+use super::{ask, parse_json_body};
+use crate::http::{Request, ResponseBuf};
+use crate::shard::Shard;
+use crate::storage::queries::Command;
+
+/// Most ids in one batch acknowledgement.
+pub const ACK_IDS_MAX: usize = 1000;
+
+pub async fn one(
+    shard: &Shard,
+    request: Request<'_>,
+    id: &str,
+    response: &mut ResponseBuf,
+) -> Result<u16, ApiError> {
+    let auth = authenticate(shard, request.api_key()).await?;
+    let id = Uuid::try_parse(id).map_err(|_| ApiError::invalid("id", "id must be an event id (a UUID)"))?;
+    let org_id = auth.org.id;
+    let acknowledged_at = ask(shard, |reply| Command::AckOne { org_id, id, reply })
+        .await?
+        .ok_or(ApiError::NotFound("no such event"))?;
+    ObjectWriter::new(&mut response.body)
+        .uuid("id", &id)
+        .str("status", "delivered")
+        .time("acknowledged_at", acknowledged_at)
+        .finish();
+    Ok(200)
+}
+
+fn decode_ids(mut request: Request<'_>, shard: &Shard) -> Result<Vec<Uuid>, ApiError> {
+    let mut buffers = shard.json_buffers.borrow_mut();
+    let value = parse_json_body(&mut request, &mut buffers)?;
+    let object =
+        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
+    if let Some(key) = object.keys().find(|k| k.as_ref() != "ids") {
+        return Err(ApiError::invalid(key.to_string(), format!("unknown field {key:?}")));
+    }
+    let ids = object
+        .get("ids")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| ApiError::invalid("ids", "ids must be an array of event ids"))?;
+    if ids.len() > ACK_IDS_MAX {
+        return Err(ApiError::invalid("ids", format!("at most {ACK_IDS_MAX} ids per request")));
+    }
+    let mut parsed: Vec<Uuid> = Vec::with_capacity(ids.len());
+    for (index, id) in ids.iter().enumerate() {
+        let id = id
+            .as_str()
+            .and_then(|text| Uuid::try_parse(text).ok())
+            .ok_or_else(|| ApiError::invalid("ids", format!("ids[{index}] is not an event id (a UUID)")))?;
+        if !parsed.contains(&id) {
+            parsed.push(id);
+        }
+    }
+    Ok(parsed)
+}
+
+pub async fn many(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
+    let auth = authenticate(shard, request.api_key()).await?;
+    let ids = decode_ids(request, shard)?;
+    let org_id = auth.org.id;
+    let acknowledged = if ids.is_empty() {
+        Vec::new()
+    } else {
+        ask(shard, |reply| Command::AckMany { org_id, ids: ids.clone(), reply }).await?
+    };
+    // Both lists keep the request's order.
+    let out = &mut response.body;
+    out.extend_from_slice(b"{\"acknowledged\":[");
+    write_ids(out, ids.iter().filter(|id| acknowledged.contains(id)));
+    out.extend_from_slice(b"],\"not_found\":[");
+    write_ids(out, ids.iter().filter(|id| !acknowledged.contains(id)));
+    out.extend_from_slice(b"]}");
+    Ok(200)
+}
+
+fn write_ids<'a>(out: &mut Vec<u8>, ids: impl Iterator<Item = &'a Uuid>) {
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_uuid(out, id);
+    }
+}

@@ -1,0 +1,200 @@
+//! Batch ingest: up to 1000 events in one request, each validated, rate limited and
+//! deduplicated on its own; every accepted entry is committed before the answer.
+//!
+//! Each entry travels to PostgreSQL as its own exact JSON text (found by
+//! `array_element_spans`), so payload numbers are stored exactly as sent, as for a
+//! single event.
+
+use std::ops::Range;
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use super::validate::EventFields;
+use super::RateState;
+use crate::api::error::ApiError;
+use crate::handoff::tickets::TicketFuture;
+use crate::handoff::{EventRecord, Outcome};
+use crate::http::date::unix_micros;
+use crate::model::Org;
+use crate::shard::ratelimit::{reset_secs, Admission};
+use crate::shard::Shard;
+
+/// Most events in one batch request.
+pub const BATCH_EVENTS_MAX: usize = 1000;
+
+/// What became of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryResult {
+    Accepted {
+        id: Uuid,
+    },
+    Duplicate {
+        event_id: Uuid,
+    },
+    Invalid {
+        error: String,
+    },
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// The database failed while this entry's batch was written; nothing was stored.
+    Overloaded,
+}
+
+/// Byte ranges of the elements of the first array nested directly in the top-level
+/// object of `text`, which must be valid JSON (it has been parsed already).
+pub fn array_element_spans(text: &[u8]) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut start: Option<usize> = None;
+    let mut last_significant = 0;
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    in_string = false;
+                    last_significant = i;
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        match b {
+            b',' if depth == 2 => {
+                if let Some(s) = start.take() {
+                    spans.push(s..last_significant + 1);
+                }
+                continue;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 1 && b == b']' {
+                    if let Some(s) = start.take() {
+                        spans.push(s..last_significant + 1);
+                    }
+                    return spans;
+                }
+            }
+            _ => {
+                if depth == 2 && start.is_none() {
+                    start = Some(i);
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
+                    _ => {}
+                }
+            }
+        }
+        last_significant = i;
+    }
+    spans
+}
+
+/// Admits, hands off and awaits every valid entry. `Err` (503, nothing stored) when
+/// this core cannot take all valid entries at once.
+pub async fn ingest_batch(
+    shard: &Shard,
+    org: &Org,
+    entries: Vec<Result<(EventFields, String), ApiError>>,
+    now: SystemTime,
+) -> Result<(Vec<EntryResult>, RateState), ApiError> {
+    let valid = entries.iter().filter(|e| e.is_ok()).count();
+    if valid > shard.tickets.free_slots() {
+        return Err(crate::api::overloaded());
+    }
+    let created_at_micros = unix_micros(now);
+    let now_ms = (created_at_micros / 1000) as u64;
+    let limit = org.rate_limit_per_minute;
+    let mut state = RateState::peek(org, now_ms);
+    let mut results: Vec<EntryResult> = Vec::with_capacity(entries.len());
+    let mut pending: Vec<(usize, Uuid, u64, TicketFuture)> = Vec::with_capacity(valid);
+    for (index, entry) in entries.into_iter().enumerate() {
+        let (fields, body) = match entry {
+            Ok(entry) => entry,
+            Err(error) => {
+                results.push(EntryResult::Invalid { error: error.to_string() });
+                continue;
+            }
+        };
+        let window = match org.rate.try_admit(now_ms, limit) {
+            Admission::Admitted { remaining, reset_ms, window } => {
+                state = RateState { limit, remaining, reset_ms };
+                window
+            }
+            Admission::Limited { reset_ms } => {
+                state = RateState { limit, remaining: 0, reset_ms };
+                results.push(EntryResult::RateLimited { retry_after_secs: reset_secs(reset_ms) });
+                continue;
+            }
+        };
+        let id = shard.next_id(created_at_micros);
+        let record = EventRecord {
+            id,
+            org_id: org.id,
+            event_type: fields.event_type,
+            body,
+            dedup_id: fields.dedup_id,
+            created_at_micros,
+            slot: 0,
+        };
+        match shard.tickets.submit(record) {
+            Ok(ticket) => {
+                results.push(EntryResult::Overloaded);
+                pending.push((index, id, window, ticket));
+            }
+            Err(_) => {
+                org.rate.refund(window);
+                results.push(EntryResult::Overloaded);
+            }
+        }
+    }
+    for (index, id, window, ticket) in pending {
+        results[index] = match ticket.await {
+            Outcome::Accepted => EntryResult::Accepted { id },
+            Outcome::Duplicate { original } => EntryResult::Duplicate { event_id: original },
+            Outcome::Rejected { message } => {
+                EntryResult::Invalid { error: format!("the database refused this event: {message}") }
+            }
+            Outcome::Unavailable => {
+                org.rate.refund(window);
+                EntryResult::Overloaded
+            }
+        };
+    }
+    Ok((results, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spans(text: &str) -> Vec<&str> {
+        array_element_spans(text.as_bytes()).into_iter().map(|r| &text[r]).collect()
+    }
+
+    #[test]
+    fn finds_each_element_exactly() {
+        let text = r#"{ "events" : [ {"type":"a","payload":{"x":[1,2,{"y":"]}"}]}} , 7,"s\"]",
+            {"type":"b","payload":{}} , null, [1,[2]] ] }"#;
+        assert_eq!(
+            spans(text),
+            vec![
+                r#"{"type":"a","payload":{"x":[1,2,{"y":"]}"}]}}"#,
+                "7",
+                r#""s\"]""#,
+                r#"{"type":"b","payload":{}}"#,
+                "null",
+                "[1,[2]]"
+            ]
+        );
+        assert_eq!(spans(r#"{"events":[]}"#), Vec::<&str>::new());
+        assert_eq!(spans(r#"{"events":[1.5e3]}"#), vec!["1.5e3"]);
+    }
+}
