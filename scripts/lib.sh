@@ -42,3 +42,14 @@ ensure_wrk() {
         exit 1
     fi
 }
+
+# curl, for the API reference's examples (run by a test) and scripts/bench.
+ensure_curl() {
+    command -v curl >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+    else
+        echo "curl is not installed (Debian/Ubuntu: sudo apt-get install curl)" >&2
+        exit 1
+    fi
+}
