@@ -32,24 +32,18 @@ raise_memlock() {
     fi
 }
 
-# wrk for scripts/bench.
-ensure_wrk() {
-    command -v wrk >/dev/null 2>&1 && return 0
+# Installs a Debian package for a missing command when we can (root with apt-get),
+# otherwise says what to install.
+ensure_command() { # command, package
+    command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
     else
-        echo "wrk is not installed (Debian/Ubuntu: sudo apt-get install wrk)" >&2
+        echo "$1 is not installed (Debian/Ubuntu: sudo apt-get install $2)" >&2
         exit 1
     fi
 }
 
-# curl, for the API reference's examples (run by a test) and scripts/bench.
-ensure_curl() {
-    command -v curl >/dev/null 2>&1 && return 0
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
-    else
-        echo "curl is not installed (Debian/Ubuntu: sudo apt-get install curl)" >&2
-        exit 1
-    fi
-}
+# wrk for scripts/bench; curl for the API reference's examples (run by a test).
+ensure_wrk() { ensure_command wrk wrk; }
+ensure_curl() { ensure_command curl curl; }

@@ -263,3 +263,13 @@ fn unsupported_transfer_encoding_is_refused() {
     conn.read_response().assert_error(400, "invalid_request");
     assert!(conn.is_closed_by_server());
 }
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    let server = Server::start(&["--idle-timeout-ms", "200"]);
+    let mut conn = server.connect();
+    conn.send(b"GET /health HTTP/1.1\r\n\r\n");
+    assert_eq!(conn.read_response().status, 200);
+    // Nothing more is sent: the server's idle timer closes the connection quietly.
+    assert!(conn.is_closed_by_server());
+}

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::json::{write_uuid, ObjectWriter};
-use super::{ask, parse_json_body};
+use super::{ask, object_with_fields, parse_json_body};
 use crate::http::{Request, ResponseBuf};
 use crate::shard::Shard;
 use crate::storage::queries::Command;
@@ -38,11 +38,7 @@ pub async fn one(
 fn decode_ids(mut request: Request<'_>, shard: &Shard) -> Result<Vec<Uuid>, ApiError> {
     let mut buffers = shard.json_buffers.borrow_mut();
     let value = parse_json_body(&mut request, &mut buffers)?;
-    let object =
-        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
-    if let Some(key) = object.keys().find(|k| k.as_ref() != "ids") {
-        return Err(ApiError::invalid(key.to_string(), format!("unknown field {key:?}")));
-    }
+    let object = object_with_fields(&value, &["ids"])?;
     let ids = object
         .get("ids")
         .and_then(|v| v.as_array())

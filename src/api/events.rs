@@ -10,7 +10,7 @@ use simd_json::prelude::*;
 use super::auth::{authenticate, now_ms};
 use super::error::ApiError;
 use super::json::ObjectWriter;
-use super::require_json;
+use super::{object_with_fields, require_json};
 use crate::http::{Request, ResponseBuf};
 use crate::ingest::batch::{array_element_spans, ingest_batch, EntryResult, BATCH_EVENTS_MAX};
 use crate::ingest::validate::{event_from_value, validate_event, EventFields};
@@ -70,11 +70,7 @@ fn decode_batch(shard: &Shard, request: Request<'_>) -> Result<Entries, ApiError
     let mut buffers = shard.json_buffers.borrow_mut();
     let value = simd_json::value::borrowed::to_value_with_buffers(request.body, &mut buffers)
         .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))?;
-    let object =
-        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
-    if let Some(key) = object.keys().find(|k| k.as_ref() != "events") {
-        return Err(ApiError::invalid(key.to_string(), format!("unknown field {key:?}; allowed: events")));
-    }
+    let object = object_with_fields(&value, &["events"])?;
     let events = object
         .get("events")
         .and_then(|v| v.as_array())

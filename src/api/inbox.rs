@@ -217,6 +217,11 @@ mod tests {
         let id = Uuid::now_v7();
         let cursor = encode_cursor(&id);
         assert_eq!(decode_cursor(&cursor), Some(id));
-        assert!(!cursor.contains('-'), "not the bare id");
+        assert_eq!(cursor.len(), 22, "16 bytes, base64url without padding");
+        assert_ne!(cursor, id.to_string());
+        assert!(
+            cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "URL-safe as is"
+        );
     }
 }

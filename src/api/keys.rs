@@ -4,7 +4,7 @@
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::json::ObjectWriter;
-use super::{ask, overloaded, require_json};
+use super::{ask, object_with_fields, overloaded, parse_json_body};
 use crate::auth::keys::{constant_time_eq, generate_signing_secret, key_digest, NewKey};
 use crate::auth::pool::{Answer, Work};
 use crate::http::{Request, ResponseBuf};
@@ -35,16 +35,10 @@ struct SignUp {
     tier: Tier,
 }
 
-fn decode_sign_up(request: Request<'_>, shard: &Shard) -> Result<SignUp, ApiError> {
-    require_json(&request)?;
+fn decode_sign_up(mut request: Request<'_>, shard: &Shard) -> Result<SignUp, ApiError> {
     let mut buffers = shard.json_buffers.borrow_mut();
-    let value = simd_json::value::borrowed::to_value_with_buffers(request.body, &mut buffers)
-        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))?;
-    let object =
-        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
-    if let Some(key) = object.keys().find(|k| !matches!(k.as_ref(), "organization_name" | "tier")) {
-        return Err(ApiError::invalid(key.to_string(), format!("unknown field {key:?}")));
-    }
+    let value = parse_json_body(&mut request, &mut buffers)?;
+    let object = object_with_fields(&value, &["organization_name", "tier"])?;
     let name = object.get("organization_name").and_then(|v| v.as_str()).ok_or_else(|| {
         ApiError::invalid("organization_name", "organization_name is required and must be a string")
     })?;

@@ -185,6 +185,23 @@ pub async fn ask<T>(
     })
 }
 
+/// The body's top-level object, refusing any key not in `allowed` (400 naming it).
+pub fn object_with_fields<'v, 'a>(
+    value: &'v simd_json::BorrowedValue<'a>,
+    allowed: &[&str],
+) -> Result<&'v simd_json::value::borrowed::Object<'a>, ApiError> {
+    use simd_json::prelude::*;
+    let object =
+        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
+    if let Some(key) = object.keys().find(|key| !allowed.contains(&key.as_ref())) {
+        return Err(ApiError::invalid(
+            key.to_string(),
+            format!("unknown field {key:?}; allowed: {}", allowed.join(", ")),
+        ));
+    }
+    Ok(object)
+}
+
 /// Parses a JSON request body in place into a simd-json value, after the media type check.
 pub fn parse_json_body<'a>(
     request: &'a mut Request<'_>,

@@ -6,7 +6,7 @@ use simd_json::prelude::*;
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::json::ObjectWriter;
-use super::{ask, parse_json_body};
+use super::{ask, object_with_fields, parse_json_body};
 use crate::http::{Request, ResponseBuf};
 use crate::shard::Shard;
 use crate::storage::queries::Command;
@@ -59,11 +59,7 @@ pub fn validate_webhook_url(url: &str) -> Result<(), &'static str> {
 fn decode(mut request: Request<'_>, shard: &Shard) -> Result<Option<String>, ApiError> {
     let mut buffers = shard.json_buffers.borrow_mut();
     let value = parse_json_body(&mut request, &mut buffers)?;
-    let object =
-        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
-    if let Some(key) = object.keys().find(|k| k.as_ref() != "webhook_url") {
-        return Err(ApiError::invalid(key.to_string(), format!("unknown field {key:?}")));
-    }
+    let object = object_with_fields(&value, &["webhook_url"])?;
     match object.get("webhook_url") {
         None => Err(ApiError::invalid("webhook_url", "webhook_url is required (null switches push off)")),
         Some(value) if value.is_null() => Ok(None),

@@ -14,7 +14,7 @@ use super::validate::EventFields;
 use super::RateState;
 use crate::api::error::ApiError;
 use crate::handoff::tickets::TicketFuture;
-use crate::handoff::{EventRecord, Outcome};
+use crate::handoff::Outcome;
 use crate::http::date::unix_micros;
 use crate::model::Org;
 use crate::shard::ratelimit::{reset_secs, Admission};
@@ -134,16 +134,8 @@ pub async fn ingest_batch(
                 continue;
             }
         };
-        let id = shard.next_id(created_at_micros);
-        let record = EventRecord {
-            id,
-            org_id: org.id,
-            event_type: fields.event_type,
-            body,
-            dedup_id: fields.dedup_id,
-            created_at_micros,
-            slot: 0,
-        };
+        let record = super::new_record(shard, org, fields, body, created_at_micros);
+        let id = record.id;
         match shard.tickets.submit(record) {
             Ok(ticket) => {
                 results.push(EntryResult::Overloaded);

@@ -43,6 +43,25 @@ impl RateState {
 /// Seconds a client should wait after a 503 for overload.
 pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
+/// The record of an admitted event, with a fresh UUIDv7 for `created_at_micros`.
+pub fn new_record(
+    shard: &Shard,
+    org: &Org,
+    fields: EventFields,
+    body: String,
+    created_at_micros: i64,
+) -> EventRecord {
+    EventRecord {
+        id: shard.next_id(created_at_micros),
+        org_id: org.id,
+        event_type: fields.event_type,
+        body,
+        dedup_id: fields.dedup_id,
+        created_at_micros,
+        slot: 0,
+    }
+}
+
 /// Admits, hands off and awaits one event. `body` is the event's JSON text, from
 /// which PostgreSQL takes the payload.
 pub async fn ingest(
@@ -65,17 +84,9 @@ pub async fn ingest(
         }
     };
     let (mut state, window_id) = window;
-    let id = shard.next_id(created_at_micros);
     let dedup_id = fields.dedup_id.clone();
-    let record = EventRecord {
-        id,
-        org_id: org.id,
-        event_type: fields.event_type,
-        body,
-        dedup_id: fields.dedup_id,
-        created_at_micros,
-        slot: 0,
-    };
+    let record = new_record(shard, org, fields, body, created_at_micros);
+    let id = record.id;
     let overloaded = || Err(ApiError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS });
     let ticket = match shard.tickets.submit(record) {
         Ok(ticket) => ticket,

@@ -30,17 +30,10 @@ pub fn validate_event(body: &mut [u8], buffers: &mut simd_json::Buffers) -> Resu
 /// Validates one event object (a whole body, or one entry of a batch).
 pub fn event_from_value(value: &Value<'_>) -> Result<EventFields, ApiError> {
     let field = |name: &'static str| name;
-    let Some(object) = value.as_object() else {
+    if !value.is_object() {
         return Err(ApiError::InvalidJson("the event must be a JSON object".into()));
-    };
-    for key in object.keys() {
-        if !matches!(key.as_ref(), "type" | "payload" | "dedup_id") {
-            return Err(ApiError::invalid(
-                key.to_string(),
-                format!("unknown field {key:?}; allowed: type, payload, dedup_id"),
-            ));
-        }
     }
+    let object = crate::api::object_with_fields(value, &["type", "payload", "dedup_id"])?;
     let event_type = match object.get("type") {
         None | Some(Value::Static(simd_json::StaticNode::Null)) => {
             return Err(ApiError::invalid(field("type"), "type is required"))
