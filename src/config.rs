@@ -103,12 +103,58 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_COMMAND_QUEUE_MAX", default_value_t = 1024)]
     pub command_queue_max: usize,
 
+    /// Webhook retry schedule: delays between attempts (ms, s, m, h, d). After the last
+    /// one fails, the event is `failed`.
+    #[arg(long, env = "TRIGGERD_RETRY_SCHEDULE", default_value = crate::delivery::schedule::DEFAULT_SCHEDULE)]
+    pub retry_schedule: String,
+
+    /// Deliver webhooks to loopback, private and link-local addresses too (local
+    /// development and tests only: it exposes internal services to whoever configures
+    /// a webhook).
+    #[arg(long, env = "TRIGGERD_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_allow_private: bool,
+
+    /// Timeout of one webhook attempt (connect, TLS, request, response).
+    #[arg(long, env = "TRIGGERD_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// How long a claimed delivery attempt stays leased to this process; must exceed
+    /// the webhook timeout. A process that dies loses its leases after this.
+    #[arg(long, env = "TRIGGERD_DELIVERY_LEASE_MS", default_value_t = 60_000)]
+    pub delivery_lease_ms: u64,
+
+    /// Delivery attempts in flight at most.
+    #[arg(long, env = "TRIGGERD_DELIVERIES_IN_FLIGHT_MAX", default_value_t = 256)]
+    pub deliveries_in_flight_max: usize,
+
+    /// Delivery attempts of one organisation in flight at most.
+    #[arg(long, env = "TRIGGERD_DELIVERIES_PER_ORG_MAX", default_value_t = 8)]
+    pub deliveries_per_org_max: usize,
+
+    /// How often due delivery attempts (retries, leftovers) are claimed from the database.
+    #[arg(long, env = "TRIGGERD_DELIVERY_POLL_MS", default_value_t = 1_000)]
+    pub delivery_poll_ms: u64,
+
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "triggerd=debug").
     #[arg(long, env = "TRIGGERD_LOG", default_value = "info")]
     pub log: String,
 }
 
 impl ServeConfig {
+    /// The delivery engine's settings (call after `validate`).
+    pub fn delivery(&self) -> Result<crate::delivery::DeliveryConfig, String> {
+        use std::time::Duration;
+        Ok(crate::delivery::DeliveryConfig {
+            schedule: crate::delivery::schedule::RetrySchedule::parse(&self.retry_schedule)?,
+            allow_private: self.webhook_allow_private,
+            timeout: Duration::from_millis(self.webhook_timeout_ms),
+            lease: Duration::from_millis(self.delivery_lease_ms),
+            in_flight_max: self.deliveries_in_flight_max,
+            per_org_max: self.deliveries_per_org_max,
+            poll_interval: Duration::from_millis(self.delivery_poll_ms),
+        })
+    }
+
     /// Refuses settings that cannot work, with the option's name.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -126,6 +172,17 @@ impl ServeConfig {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be at least 1"));
         }
+        if self.deliveries_in_flight_max == 0
+            || self.deliveries_per_org_max == 0
+            || self.delivery_poll_ms == 0
+        {
+            return Err("--deliveries-in-flight-max, --deliveries-per-org-max and --delivery-poll-ms must be at least 1".into());
+        }
+        if self.delivery_lease_ms <= self.webhook_timeout_ms {
+            return Err("--delivery-lease-ms must exceed --webhook-timeout-ms".into());
+        }
+        crate::delivery::schedule::RetrySchedule::parse(&self.retry_schedule)
+            .map_err(|e| format!("--retry-schedule: {e}"))?;
         if self.ring_capacity > 1 << 20 {
             return Err("--ring-capacity must be at most 1048576".into());
         }

@@ -27,12 +27,16 @@
 //!   rings into one `INSERT … SELECT FROM unnest(…)` per commit (group commit on two
 //!   connections), runs commands from the HTTP cores, applies migrations, and can run a
 //!   private PostgreSQL cluster.
+//! - [`delivery`] is the webhook engine on the storage thread: leased attempts claimed
+//!   from PostgreSQL, signed (Standard Webhooks), retried on a schedule, refused for
+//!   private destinations; its logic (schedule, address guard) is plain functions.
 //! - [`metrics`] keeps per-core counters that only their core writes, merged on scrape.
 //! - [`model`] holds the domain types both sides share; [`config`] every knob.
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod handoff;
 pub mod http;
 pub mod ingest;

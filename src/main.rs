@@ -186,6 +186,8 @@ fn serve(config: ServeConfig) -> Result<(), String> {
             commands_in_flight_max: 256,
             cpu: plan.storage_cpu,
             metrics: Arc::clone(&metrics.storage),
+            delivery: config.delivery()?,
+            delivery_metrics: Arc::clone(&metrics.deliveries),
         },
         Arc::clone(&handoff),
     )

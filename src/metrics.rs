@@ -156,10 +156,52 @@ impl StorageMetrics {
     }
 }
 
+/// Webhook deliveries; written by the delivery engine on the storage thread.
+pub struct DeliveryMetrics {
+    /// By outcome, in the order of `DELIVERY_OUTCOMES`.
+    outcomes: [AtomicU64; 5],
+    pub latency: Histogram,
+    due: AtomicU64,
+    oldest_due_micros: AtomicU64,
+}
+
+pub const DELIVERY_OUTCOMES: [&str; 5] = ["delivered", "retry", "failed", "gone", "push_off"];
+
+impl Default for DeliveryMetrics {
+    fn default() -> Self {
+        DeliveryMetrics {
+            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: Histogram::new(LATENCY_BUCKETS_SECONDS),
+            due: AtomicU64::new(0),
+            oldest_due_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DeliveryMetrics {
+    pub fn outcome(&self, record: &crate::delivery::store::Record) {
+        use crate::delivery::store::Record;
+        let slot = match record {
+            Record::Delivered => 0,
+            Record::Retry { .. } => 1,
+            Record::Failed { .. } => 2,
+            Record::Gone => 3,
+            Record::PushOff => 4,
+        };
+        bump(&self.outcomes[slot], 1);
+    }
+
+    pub fn set_due(&self, due: u64, oldest_due_micros: u64) {
+        self.due.store(due, Ordering::Relaxed);
+        self.oldest_due_micros.store(oldest_due_micros, Ordering::Relaxed);
+    }
+}
+
 /// Everything `/metrics` reads.
 pub struct Registry {
     pub cores: Vec<Arc<CoreMetrics>>,
     pub storage: Arc<StorageMetrics>,
+    pub deliveries: Arc<DeliveryMetrics>,
 }
 
 impl Registry {
@@ -167,6 +209,7 @@ impl Registry {
         Arc::new(Registry {
             cores: (0..cores).map(|_| Arc::new(CoreMetrics::default())).collect(),
             storage: Arc::new(StorageMetrics::default()),
+            deliveries: Arc::new(DeliveryMetrics::default()),
         })
     }
 
@@ -277,6 +320,34 @@ impl Registry {
             LATENCY_BUCKETS_SECONDS,
             &counts,
             sum,
+        );
+        let deliveries = &self.deliveries;
+        out.push_str("# HELP triggerd_deliveries_total Webhook delivery attempts, by outcome.\n# TYPE triggerd_deliveries_total counter\n");
+        for (outcome, counter) in DELIVERY_OUTCOMES.iter().zip(&deliveries.outcomes) {
+            let _ = writeln!(
+                out,
+                "triggerd_deliveries_total{{outcome=\"{outcome}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP triggerd_delivery_duration_seconds Time of one delivery attempt.\n# TYPE triggerd_delivery_duration_seconds histogram\n");
+        let (counts, sum) = deliveries.latency.snapshot();
+        write_histogram(
+            &mut out,
+            "triggerd_delivery_duration_seconds",
+            "",
+            LATENCY_BUCKETS_SECONDS,
+            &counts,
+            sum,
+        );
+        let _ = write!(
+            out,
+            "# HELP triggerd_deliveries_due Delivery attempts due now (refreshed every 5 s).\n\
+             # TYPE triggerd_deliveries_due gauge\ntriggerd_deliveries_due {}\n\
+             # HELP triggerd_delivery_oldest_due_seconds Age of the oldest due attempt (refreshed every 5 s).\n\
+             # TYPE triggerd_delivery_oldest_due_seconds gauge\ntriggerd_delivery_oldest_due_seconds {}\n",
+            deliveries.due.load(Ordering::Relaxed),
+            deliveries.oldest_due_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         for (name, help, value) in gauges {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");

@@ -153,6 +153,7 @@ fn write_page(out: &mut Vec<u8>, events: &[InboxEvent], has_more: bool) {
             .uint("attempts", event.attempts.max(0) as u64)
             .time("created_at", event.created_at_micros)
             .opt_time("delivered_at", event.delivered_at_micros)
+            .opt_str("last_error", event.last_error.as_deref())
             .finish();
     }
     out.extend_from_slice(b"],\"next_cursor\":");

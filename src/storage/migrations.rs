@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "inbox_indexes", include_str!("migrations/0002_inbox_indexes.sql")),
+    (3, "deliveries", include_str!("migrations/0003_deliveries.sql")),
 ];
 
 /// Arbitrary constant naming triggerd's migration lock.

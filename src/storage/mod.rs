@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
+use crate::delivery::{DeliveryConfig, Engine, HANDOFF_QUEUE_MAX};
 use crate::handoff::Handoff;
-use crate::metrics::StorageMetrics;
+use crate::metrics::{DeliveryMetrics, StorageMetrics};
 use crate::shard::ratelimit::RateWindow;
 pub use queries::Command;
 use queries::Statements;
@@ -76,6 +77,9 @@ pub struct StorageConfig {
     pub cpu: Option<usize>,
     /// Batch and commit metrics, written by the writers.
     pub metrics: Arc<StorageMetrics>,
+    /// The webhook delivery engine's settings and metrics.
+    pub delivery: DeliveryConfig,
+    pub delivery_metrics: Arc<DeliveryMetrics>,
 }
 
 /// What the HTTP cores hold to talk to the storage core. Cheap to clone.
@@ -190,6 +194,9 @@ async fn run(
         }
     }
     db.status.db_ok.store(true, Ordering::Relaxed);
+    let (deliveries, handed) = mpsc::channel(HANDOFF_QUEUE_MAX);
+    let engine = Engine::new(Rc::clone(&db), config.delivery, config.delivery_metrics);
+    tokio::task::spawn_local(engine.run(handed));
     for writer in 0..config.writers.max(1) {
         tokio::task::spawn_local(writer::run(
             writer,
@@ -197,6 +204,7 @@ async fn run(
             Rc::clone(&db),
             config.batch,
             Arc::clone(&config.metrics),
+            deliveries.clone(),
         ));
     }
     let storage = Rc::new(Storage {

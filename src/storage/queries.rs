@@ -122,6 +122,8 @@ pub struct InboxEvent {
     pub attempts: i32,
     pub created_at_micros: i64,
     pub delivered_at_micros: Option<i64>,
+    /// The last delivery attempt's error, if the last attempt failed.
+    pub last_error: Option<String>,
 }
 
 const MICROS: &str = "(extract(epoch FROM {}) * 1000000)::int8";
@@ -164,7 +166,7 @@ pub fn inbox_view_sql(view: InboxView) -> String {
 /// largest UUID when there is none); id order is (created_at, id) order.
 fn inbox_sql(filter: &str) -> String {
     format!(
-        "SELECT id, type, payload::text, dedup_id, status, attempts, {}, {}
+        "SELECT id, type, payload::text, dedup_id, status, attempts, {}, {}, last_error
          FROM events
          WHERE org_id = $1 AND id < $2 {filter}
          ORDER BY id DESC
@@ -338,6 +340,7 @@ impl Storage {
                     attempts: row.try_get(5)?,
                     created_at_micros: row.try_get(6)?,
                     delivered_at_micros: row.try_get(7)?,
+                    last_error: row.try_get(8)?,
                 })
             })
             .collect()

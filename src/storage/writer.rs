@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
@@ -23,16 +24,19 @@ use crate::handoff::{EventRecord, Handoff, Outcome};
 use crate::metrics::StorageMetrics;
 
 /// The one statement per batch. The dedup ledger is claimed first; an event is
-/// inserted only if it has no dedup_id or won its claim. The final SELECT lists only
-/// the events that were not inserted, with the original's id where the snapshot sees it.
+/// inserted only if it has no dedup_id or won its claim, and is due for delivery at
+/// once if its organisation has a webhook. The final SELECT lists the events that were
+/// not inserted (with the original's id where the snapshot sees it) and the inserted
+/// ones to push, which go straight to the delivery engine.
 const INSERT_BATCH_SQL: &str = "
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[])
+    SELECT t.*, timestamptz 'epoch' + t.created_us * interval '1 microsecond' AS created_at
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[])
         AS t(id, org_id, type, body, dedup_id, created_us)
 ),
 claimed AS (
     INSERT INTO event_dedup AS d (org_id, dedup_id, event_id, created_at)
-    SELECT org_id, dedup_id, id, timestamptz 'epoch' + created_us * interval '1 microsecond'
+    SELECT org_id, dedup_id, id, created_at
     FROM input WHERE dedup_id IS NOT NULL
     ON CONFLICT (org_id, dedup_id) DO UPDATE
         SET event_id = excluded.event_id, created_at = excluded.created_at
@@ -40,19 +44,19 @@ claimed AS (
     RETURNING d.event_id
 ),
 inserted AS (
-    INSERT INTO events (org_id, id, type, payload, dedup_id, created_at)
-    SELECT org_id, id, type, body::jsonb -> 'payload', dedup_id,
-           timestamptz 'epoch' + created_us * interval '1 microsecond'
-    FROM input
-    WHERE dedup_id IS NULL OR id IN (SELECT event_id FROM claimed)
+    INSERT INTO events (org_id, id, type, payload, dedup_id, created_at, next_attempt_at)
+    SELECT i.org_id, i.id, i.type, i.body::jsonb -> 'payload', i.dedup_id, i.created_at,
+           CASE WHEN o.webhook_url IS NOT NULL THEN i.created_at END
+    FROM input i LEFT JOIN organizations o ON o.org_id = i.org_id
+    WHERE i.dedup_id IS NULL OR i.id IN (SELECT event_id FROM claimed)
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, next_attempt_at IS NOT NULL AS push
 )
-SELECT i.id, d.event_id
+SELECT i.id, d.event_id, x.id IS NOT NULL
 FROM input i
 LEFT JOIN inserted x ON x.id = i.id
-LEFT JOIN event_dedup d ON d.org_id = i.org_id AND d.dedup_id = i.dedup_id
-WHERE x.id IS NULL";
+LEFT JOIN event_dedup d ON x.id IS NULL AND d.org_id = i.org_id AND d.dedup_id = i.dedup_id
+WHERE x.id IS NULL OR x.push";
 
 /// A duplicate whose claim was committed by the other writer while this statement ran
 /// is invisible to its snapshot; a fresh statement finds it.
@@ -82,6 +86,7 @@ pub async fn run(
     db: Rc<Db>,
     limits: BatchLimits,
     metrics: Arc<StorageMetrics>,
+    deliveries: mpsc::Sender<Vec<(Uuid, Uuid)>>,
 ) {
     let mut connection: Option<WriterConnection> = None;
     let mut next_attempt = Instant::now();
@@ -113,10 +118,16 @@ pub async fn run(
             }
         }
         let started = Instant::now();
+        let mut to_push = Vec::new();
         let outcomes = match &connection {
-            Some(c) => write_batch(c, &batch).await,
+            Some(c) => write_batch(c, &batch, &mut to_push).await,
             None => vec![Outcome::Unavailable; batch.len()],
         };
+        // Committed: hand the events to push to the engine. If its queue is full they
+        // are not lost: they are due in the database and its poller claims them.
+        if !to_push.is_empty() {
+            let _ = deliveries.try_send(to_push);
+        }
         let failed = outcomes.iter().all(|o| *o == Outcome::Unavailable);
         metrics.batch(batch.len(), started.elapsed(), failed);
         if connection.as_ref().is_some_and(|c| c.client.is_closed()) {
@@ -144,7 +155,11 @@ async fn connect(db: &Db) -> Result<WriterConnection, tokio_postgres::Error> {
 }
 
 /// Writes one batch; returns one outcome per record, in order.
-async fn write_batch(connection: &WriterConnection, batch: &[(usize, EventRecord)]) -> Vec<Outcome> {
+async fn write_batch(
+    connection: &WriterConnection,
+    batch: &[(usize, EventRecord)],
+    to_push: &mut Vec<(Uuid, Uuid)>,
+) -> Vec<Outcome> {
     let started = Instant::now();
     // Two events of one organisation with one dedup_id in the same batch: only the
     // first goes to PostgreSQL (ON CONFLICT cannot touch a row twice in a statement);
@@ -164,14 +179,14 @@ async fn write_batch(connection: &WriterConnection, batch: &[(usize, EventRecord
     }
 
     let mut outcomes = vec![Outcome::Accepted; batch.len()];
-    match insert(connection, batch, &primaries, &mut outcomes).await {
+    match insert(connection, batch, &primaries, &mut outcomes, to_push).await {
         Ok(()) => {}
         Err(e) if e.as_db_error().is_some() && !connection.client.is_closed() => {
             // One event's data broke the statement (the batch rolled back as a whole):
             // write each event alone so only the bad one is refused.
             tracing::warn!(error = %e, events = primaries.len(), "batch refused; writing its events one by one");
             for &index in &primaries {
-                if let Err(e) = insert(connection, batch, &[index], &mut outcomes).await {
+                if let Err(e) = insert(connection, batch, &[index], &mut outcomes, to_push).await {
                     outcomes[index] = match e.as_db_error() {
                         Some(db_error) => Outcome::Rejected { message: db_error.message().to_owned() },
                         None => Outcome::Unavailable,
@@ -206,6 +221,7 @@ async fn insert(
     batch: &[(usize, EventRecord)],
     indexes: &[usize],
     outcomes: &mut [Outcome],
+    to_push: &mut Vec<(Uuid, Uuid)>,
 ) -> Result<(), tokio_postgres::Error> {
     let records = || indexes.iter().map(|&i| &batch[i].1);
     let ids: Vec<Uuid> = records().map(|r| r.id).collect();
@@ -225,8 +241,13 @@ async fn insert(
     for row in rows {
         let id: Uuid = row.try_get(0)?;
         let original: Option<Uuid> = row.try_get(1)?;
+        let inserted: bool = row.try_get(2)?;
         let Some(&index) = position.get(&id) else { continue };
         let record = &batch[index].1;
+        if inserted {
+            to_push.push((record.org_id, id));
+            continue;
+        }
         let original = match (original, record.dedup_id.as_deref()) {
             (Some(original), _) => Some(original),
             (None, Some(dedup_id)) => connection

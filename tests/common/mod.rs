@@ -3,6 +3,8 @@
 //! Readiness is the "listening" line the binary prints, never a sleep.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +19,42 @@ pub fn database_url() -> String {
     std::env::var("DATABASE_URL").expect("DATABASE_URL is not set: run the suite through scripts/test")
 }
 
+/// A database of one test's own, dropped (with its connections) when the guard goes.
+/// Needed where servers' background work (the delivery engine) would otherwise act on
+/// other tests' rows in the shared database.
+pub struct FreshDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl FreshDatabase {
+    pub fn new() -> FreshDatabase {
+        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+        db().batch_execute(&format!("CREATE DATABASE {name}")).expect("create a test database");
+        let base = database_url();
+        let url = match base.split_once("://") {
+            // URL form: replace the path (the database name), keep the query.
+            Some((scheme, rest)) => {
+                let (authority, query) = match rest.split_once('?') {
+                    Some((before, query)) => (before, format!("?{query}")),
+                    None => (rest, String::new()),
+                };
+                let authority = authority.split('/').next().unwrap_or_default();
+                format!("{scheme}://{authority}/{name}{query}")
+            }
+            // key=value form: a later dbname overrides an earlier one.
+            None => format!("{base} dbname={name}"),
+        };
+        FreshDatabase { url, name }
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let _ = db().batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
@@ -25,18 +63,16 @@ pub struct Server {
 impl Server {
     /// Starts a server with two HTTP cores on a free port; `extra` are more flags.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_on(&database_url(), extra)
+    }
+
+    /// Starts a server on the given database.
+    pub fn start_on(database: &str, extra: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_triggerd"));
         command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http-cores",
-                "2",
-                "--database-url",
-                &database_url(),
-            ])
-            .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB, "--log", "warn"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--http-cores", "2", "--database-url", database])
+            .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB])
+            .args(["--log", &std::env::var("TRIGGERD_TEST_LOG").unwrap_or_else(|_| "warn".into())])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

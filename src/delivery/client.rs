@@ -1,0 +1,266 @@
+//! The outbound HTTP client for webhooks: hyper's HTTP/1 client over connections this
+//! module opens itself, so that the address checked is the address connected to.
+//!
+//! - The host is resolved here; every candidate address is checked against
+//!   `guard::is_forbidden` (unless private destinations are allowed) and the first
+//!   allowed one is connected to. DNS rebinding cannot bypass the check.
+//! - https uses rustls with the Mozilla roots (webpki-roots).
+//! - Idle connections are kept per destination (scheme, host, port), at most
+//!   `IDLE_PER_DESTINATION_MAX` each, and reused.
+//! - Redirects are not followed (a 3xx is a failed attempt); response bodies are read
+//!   up to `RESPONSE_BYTES_MAX` and discarded; the whole attempt has one timeout.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ahash::AHashMap;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+use super::guard::is_forbidden;
+use super::schedule::{parse_retry_after, AttemptResult};
+
+/// Idle connections kept per destination.
+pub const IDLE_PER_DESTINATION_MAX: usize = 4;
+/// Response body bytes read (and discarded) at most.
+pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+/// Destinations with idle connections kept at most.
+const DESTINATIONS_MAX: usize = 4096;
+
+/// A webhook URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, at least "/".
+    pub path: String,
+}
+
+impl Target {
+    /// Splits an absolute http(s) URL (already validated when it was configured).
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let (https, rest) = if url.len() > 8 && url[..8].eq_ignore_ascii_case("https://") {
+            (true, &url[8..])
+        } else if url.len() > 7 && url[..7].eq_ignore_ascii_case("http://") {
+            (false, &url[7..])
+        } else {
+            return Err("not an http(s) URL".into());
+        };
+        let rest = rest.split('#').next().unwrap_or_default();
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        let default_port = if https { 443 } else { 80 };
+        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+            let (host, after) = bracketed.split_once(']').ok_or("bad IPv6 literal")?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match host_port.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            }
+        };
+        let port = match port {
+            Some(port) => port.parse().map_err(|_| "bad port".to_string())?,
+            None => default_port,
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        let path = match path {
+            "" => "/".to_string(),
+            p if p.starts_with('?') => format!("/{p}"),
+            p => p.to_string(),
+        };
+        Ok(Target { https, host: host.to_ascii_lowercase(), port, path })
+    }
+
+    fn host_header(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        match (self.https, self.port) {
+            (true, 443) | (false, 80) => host,
+            _ => format!("{host}:{}", self.port),
+        }
+    }
+
+    fn key(&self) -> (bool, String, u16) {
+        (self.https, self.host.clone(), self.port)
+    }
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Owned by the delivery engine on the storage thread.
+pub struct WebhookClient {
+    allow_private: bool,
+    timeout: Duration,
+    tls: TlsConnector,
+    /// Idle connections by destination; bounded per destination and in destinations.
+    idle: RefCell<AHashMap<(bool, String, u16), Vec<Sender>>>,
+}
+
+impl WebhookClient {
+    pub fn new(allow_private: bool, timeout: Duration) -> WebhookClient {
+        let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        WebhookClient {
+            allow_private,
+            timeout,
+            tls: TlsConnector::from(Arc::new(config)),
+            idle: RefCell::default(),
+        }
+    }
+
+    /// One attempt: POST `body` with `headers` to `url`, within the timeout.
+    pub async fn post(&self, url: &str, headers: &[(&str, String)], body: Bytes) -> AttemptResult {
+        let target = match Target::parse(url) {
+            Ok(target) => target,
+            Err(why) => return AttemptResult::Error(format!("invalid webhook URL: {why}")),
+        };
+        match tokio::time::timeout(self.timeout, self.attempt(&target, headers, body)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => AttemptResult::Error(error),
+            Err(_) => AttemptResult::Error(format!("timed out after {} ms", self.timeout.as_millis())),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        target: &Target,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<AttemptResult, String> {
+        let mut sender = match self.take_idle(target) {
+            Some(sender) => sender,
+            None => self.connect(target).await?,
+        };
+        let mut request = hyper::Request::post(&target.path).header("host", target.host_header());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| format!("building the request: {e}"))?;
+        let response = sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))?;
+        let code = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").and_then(|v| parse_retry_after(v.as_bytes()));
+        let keep = Limited::new(response.into_body(), RESPONSE_BYTES_MAX).collect().await.is_ok();
+        if keep {
+            self.put_idle(target, sender);
+        }
+        Ok(AttemptResult::Status { code, retry_after })
+    }
+
+    fn take_idle(&self, target: &Target) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        let senders = idle.get_mut(&target.key())?;
+        while let Some(sender) = senders.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, target: &Target, sender: Sender) {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() >= DESTINATIONS_MAX && !idle.contains_key(&target.key()) {
+            idle.retain(|_, senders| senders.iter().any(SendRequest::is_ready));
+            if idle.len() >= DESTINATIONS_MAX {
+                return;
+            }
+        }
+        let senders = idle.entry(target.key()).or_default();
+        if senders.len() < IDLE_PER_DESTINATION_MAX {
+            senders.push(sender);
+        }
+    }
+
+    async fn resolve(&self, target: &Target) -> Result<SocketAddr, String> {
+        let candidates: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, target.port)],
+            Err(_) => tokio::net::lookup_host((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+                .collect(),
+        };
+        candidates
+            .iter()
+            .copied()
+            .find(|address| self.allow_private || !is_forbidden(address.ip()))
+            .ok_or_else(|| format!("refused: {} resolves only to private or reserved addresses", target.host))
+    }
+
+    async fn connect(&self, target: &Target) -> Result<Sender, String> {
+        let address = self.resolve(target).await?;
+        let stream = TcpStream::connect(address).await.map_err(|e| format!("connect {address}: {e}"))?;
+        // The address connected to is the one checked above; a peer address that
+        // differs would mean a proxy or a bug: check it again all the same.
+        let peer = stream.peer_addr().map_err(|e| e.to_string())?;
+        if !self.allow_private && is_forbidden(peer.ip()) {
+            return Err(format!("refused: connected to a private address {peer}"));
+        }
+        let _ = stream.set_nodelay(true);
+        if target.https {
+            let name = ServerName::try_from(target.host.clone()).map_err(|e| format!("TLS name: {e}"))?;
+            let tls = self.tls.connect(name, stream).await.map_err(|e| format!("TLS handshake: {e}"))?;
+            handshake(tls).await
+        } else {
+            handshake(stream).await
+        }
+    }
+}
+
+async fn handshake<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(io: T) -> Result<Sender, String> {
+    let (sender, connection) =
+        http1::handshake(TokioIo::new(io)).await.map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let t = Target::parse("https://Example.com/hooks?a=1#frag").unwrap();
+        assert_eq!(
+            t,
+            Target { https: true, host: "example.com".into(), port: 443, path: "/hooks?a=1".into() }
+        );
+        assert_eq!(t.host_header(), "example.com");
+        let t = Target::parse("http://user:pw@127.0.0.1:9000").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 9000, "/"));
+        assert_eq!(t.host_header(), "127.0.0.1:9000");
+        let t = Target::parse("http://[::1]:8080?x").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("::1", 8080, "/?x"));
+        assert_eq!(t.host_header(), "[::1]:8080");
+        assert!(Target::parse("ftp://x").is_err());
+        assert!(Target::parse("http://:80/").is_err());
+    }
+
+    #[test]
+    fn private_destinations_are_refused_unless_allowed() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let target = Target::parse("http://127.0.0.1:9/").unwrap();
+        let refused = runtime.block_on(WebhookClient::new(false, Duration::from_secs(1)).resolve(&target));
+        assert!(refused.unwrap_err().starts_with("refused"));
+        let allowed = runtime.block_on(WebhookClient::new(true, Duration::from_secs(1)).resolve(&target));
+        assert_eq!(allowed.unwrap(), "127.0.0.1:9".parse().unwrap());
+        let localhost = Target::parse("http://localhost:9/").unwrap();
+        assert!(runtime
+            .block_on(WebhookClient::new(false, Duration::from_secs(1)).resolve(&localhost))
+            .is_err());
+    }
+}

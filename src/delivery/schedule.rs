@@ -1,0 +1,199 @@
+//! The retry schedule and what each attempt's result leads to. Plain data and
+//! functions: the caller supplies the jitter, so tests need no clock and no randomness.
+
+use std::time::Duration;
+
+/// The contract's default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts in all).
+pub const DEFAULT_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
+/// Jitter applied to every delay: ±10%.
+pub const JITTER_FRACTION: f64 = 0.1;
+/// Most retry delays a schedule may have.
+pub const SCHEDULE_STEPS_MAX: usize = 32;
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// The receiver answered with this status (and `Retry-After`, if any).
+    Status { code: u16, retry_after: Option<Duration> },
+    /// No answer: refused connection, timeout, TLS or protocol error, forbidden address.
+    Error(String),
+}
+
+/// What to record after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Delivered,
+    Retry {
+        delay: Duration,
+        error: String,
+    },
+    /// The last attempt failed: the event becomes `failed` and stays in the inbox.
+    Failed {
+        error: String,
+    },
+    /// `410 Gone`: push is switched off for the organisation; the event stays pending.
+    Gone,
+}
+
+/// Delays between attempts: attempt 1 is immediate, attempt n+1 follows attempt n's
+/// failure after `delays[n-1]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule {
+    delays: Vec<Duration>,
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number.checked_mul(1_000)?,
+        "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        "d" => number.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+impl RetrySchedule {
+    /// Parses `5s,5m,30m,2h`: integers with a unit (`ms`, `s`, `m`, `h`, `d`).
+    pub fn parse(text: &str) -> Result<RetrySchedule, String> {
+        let delays = text
+            .split(',')
+            .map(|step| {
+                parse_duration(step)
+                    .ok_or_else(|| format!("{step:?} is not a duration like 500ms, 5s, 5m, 2h"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.is_empty() || delays.len() > SCHEDULE_STEPS_MAX {
+            return Err(format!("a retry schedule has 1 to {SCHEDULE_STEPS_MAX} steps"));
+        }
+        Ok(RetrySchedule { delays })
+    }
+
+    /// Attempts in all before an event is `failed`.
+    pub fn attempts_max(&self) -> u32 {
+        self.delays.len() as u32 + 1
+    }
+
+    /// The longest step: the cap for a receiver's `Retry-After`.
+    pub fn delay_max(&self) -> Duration {
+        self.delays.iter().copied().max().unwrap_or_default()
+    }
+
+    /// Decides after attempt number `attempts_before + 1`. `jitter` is uniform in
+    /// [-1, 1] and scales the delay by ±`JITTER_FRACTION`.
+    pub fn decide(&self, attempts_before: u32, result: &AttemptResult, jitter: f64) -> Decision {
+        let (error, retry_after) = match result {
+            AttemptResult::Status { code: 200..=299, .. } => return Decision::Delivered,
+            AttemptResult::Status { code: 410, .. } => return Decision::Gone,
+            AttemptResult::Status { code, retry_after } => {
+                let honoured = if matches!(code, 429 | 503) { *retry_after } else { None };
+                (format!("HTTP {code}"), honoured)
+            }
+            AttemptResult::Error(error) => (error.clone(), None),
+        };
+        let Some(&step) = self.delays.get(attempts_before as usize) else {
+            return Decision::Failed { error };
+        };
+        let base = retry_after.map_or(step, |after| after.min(self.delay_max()));
+        let factor = 1.0 + JITTER_FRACTION * jitter.clamp(-1.0, 1.0);
+        Decision::Retry { delay: base.mul_f64(factor), error }
+    }
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        RetrySchedule::parse(DEFAULT_SCHEDULE)
+            .unwrap_or(RetrySchedule { delays: vec![Duration::from_secs(5)] })
+    }
+}
+
+/// `Retry-After` as seconds (the HTTP-date form is not honoured: the schedule applies).
+pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+    std::str::from_utf8(value).ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> AttemptResult {
+        AttemptResult::Status { code, retry_after: None }
+    }
+
+    #[test]
+    fn parses_the_contract_default() {
+        let schedule = RetrySchedule::default();
+        assert_eq!(schedule.attempts_max(), 8);
+        assert_eq!(schedule.delay_max(), Duration::from_secs(36_000));
+        assert_eq!(RetrySchedule::parse("1s,2s,4s,8s").unwrap().attempts_max(), 5);
+        assert_eq!(RetrySchedule::parse("250ms").unwrap().delays, vec![Duration::from_millis(250)]);
+        for bad in ["", "5", "5x", "s", "-1s", "1s,,2s"] {
+            assert!(RetrySchedule::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gaps_grow_along_the_schedule_then_fail() {
+        let schedule = RetrySchedule::parse("1s,2s,4s,8s").unwrap();
+        let delays: Vec<Duration> = (0..4)
+            .map(|n| match schedule.decide(n, &status(500), 0.0) {
+                Decision::Retry { delay, error } => {
+                    assert_eq!(error, "HTTP 500");
+                    delay
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8].map(Duration::from_secs));
+        assert_eq!(schedule.decide(4, &status(500), 0.0), Decision::Failed { error: "HTTP 500".into() });
+    }
+
+    #[test]
+    fn success_gone_and_errors() {
+        let schedule = RetrySchedule::parse("1s").unwrap();
+        assert_eq!(schedule.decide(0, &status(204), 0.0), Decision::Delivered);
+        assert_eq!(schedule.decide(0, &status(410), 0.0), Decision::Gone);
+        assert!(
+            matches!(schedule.decide(0, &status(301), 0.0), Decision::Retry { .. }),
+            "redirects are failures"
+        );
+        let timeout = AttemptResult::Error("timed out".into());
+        assert_eq!(schedule.decide(1, &timeout, 0.0), Decision::Failed { error: "timed out".into() });
+    }
+
+    #[test]
+    fn retry_after_is_honoured_on_429_and_503_only_and_capped() {
+        let schedule = RetrySchedule::parse("1s,1m").unwrap();
+        let asked = |code, secs| AttemptResult::Status { code, retry_after: Some(Duration::from_secs(secs)) };
+        let delay = |result: AttemptResult| match schedule.decide(0, &result, 0.0) {
+            Decision::Retry { delay, .. } => delay,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(delay(asked(429, 7)), Duration::from_secs(7));
+        assert_eq!(delay(asked(503, 7)), Duration::from_secs(7));
+        assert_eq!(delay(asked(500, 7)), Duration::from_secs(1));
+        assert_eq!(delay(asked(429, 86_400)), Duration::from_secs(60), "capped at the longest step");
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let schedule = RetrySchedule::parse("10s").unwrap();
+        for (jitter, expected) in [(-1.0, 9_000), (1.0, 11_000), (5.0, 11_000), (0.5, 10_500)] {
+            match schedule.decide(0, &status(502), jitter) {
+                Decision::Retry { delay, .. } => assert_eq!(delay.as_millis(), expected),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        assert_eq!(parse_retry_after(b" 12 "), Some(Duration::from_secs(12)));
+        assert_eq!(parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}

@@ -1,0 +1,317 @@
+//! Webhook push with real local receivers over real sockets: signatures checked by an
+//! independent HMAC, retries on the schedule, Retry-After, 410, timeouts, restarts,
+//! two processes on one database, private destinations, and leases with an injected clock.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use common::receiver::{eventually, hmac_sha256, Receiver, Reply};
+use common::{FreshDatabase, Org, Server};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn configure(server: &Server, org: &Org, url: &str) -> String {
+    let body = format!(r#"{{"webhook_url":"{url}"}}"#);
+    let response = server.request("POST", "/api/webhook/config", &org.headers(), Some(&body));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["signing_secret"].as_str().unwrap().to_string()
+}
+
+fn post(server: &Server, org: &Org, body: &str) -> String {
+    let response = org.post_event(server, body);
+    assert_eq!(response.status, 202, "{}", response.text());
+    response.json()["id"].as_str().unwrap().to_string()
+}
+
+fn connect(database: &FreshDatabase) -> postgres::Client {
+    postgres::Client::connect(&database.url, postgres::NoTls).unwrap()
+}
+
+/// (status, attempts, retry scheduled, last error) of an event, from the database.
+fn state(database: &FreshDatabase, id: &str) -> (String, i32, bool, Option<String>) {
+    let id: uuid::Uuid = id.parse().unwrap();
+    let row = connect(database)
+        .query_one(
+            "SELECT status, attempts, next_attempt_at IS NOT NULL, last_error FROM events WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+fn allow_private(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec!["--webhook-allow-private", "--delivery-poll-ms", "50"];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn delivers_signed_events_once_committed() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Status(204));
+    let server = Server::start_on(&database.url, &allow_private(&[]));
+    let org = server.generate("pushed", "pro");
+    let secret = configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"order.paid","payload":{"total":12.50,"items":[1,2]}}"#);
+
+    let request = receiver.next(WAIT);
+    let body = request.json();
+    assert_eq!(body["event_id"], id.as_str());
+    assert_eq!(body["type"], "order.paid");
+    assert_eq!(body["payload"], serde_json::json!({"total": 12.50, "items": [1, 2]}));
+    assert!(body["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(request.header("content-type"), "application/json");
+    assert_eq!(request.header("x-event-id"), id);
+    assert_eq!(request.header("x-event-type"), "order.paid");
+    assert_eq!(request.header("webhook-id"), id);
+    let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now - timestamp).abs() <= 5);
+    // Standard Webhooks: HMAC-SHA256 keyed with the decoded secret over "id.timestamp.body".
+    let key =
+        base64::engine::general_purpose::STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let signed = [format!("{id}.{timestamp}.").as_bytes(), &request.body].concat();
+    let expected = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, &signed));
+    assert_eq!(request.header("webhook-signature"), format!("v1,{expected}"));
+
+    eventually(WAIT, "the event is recorded delivered", || state(&database, &id).0 == "delivered");
+    let (_, attempts, retry, error) = state(&database, &id);
+    assert_eq!((attempts, retry, error), (1, false, None));
+    let inbox = server.request("GET", "/api/inbox?status=delivered", &[("X-API-Key", &org.key)], None).json();
+    assert_eq!(inbox["events"][0]["attempts"], 1);
+    assert!(inbox["events"][0]["delivered_at"].is_string());
+    let metrics = server.request("GET", "/metrics", &[], None).text();
+    assert!(metrics.contains("triggerd_deliveries_total{outcome=\"delivered\"} 1\n"), "{metrics}");
+}
+
+#[test]
+fn fails_twice_then_succeeds_with_growing_gaps() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|n| if n < 2 { Reply::Status(500) } else { Reply::Status(200) });
+    let server = Server::start_on(&database.url, &allow_private(&["--retry-schedule", "200ms,600ms,5s"]));
+    let org = server.generate("flaky", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    let attempts: Vec<_> = (0..3).map(|_| receiver.next(WAIT)).collect();
+    assert!(attempts.iter().all(|a| a.header("webhook-id") == id), "one event, retried");
+    let first_gap = attempts[1].at - attempts[0].at;
+    let second_gap = attempts[2].at - attempts[1].at;
+    assert!(first_gap >= Duration::from_millis(180), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(540), "{second_gap:?}");
+    assert!(second_gap > first_gap);
+    eventually(WAIT, "delivered on the third attempt", || state(&database, &id).0 == "delivered");
+    assert_eq!(state(&database, &id).1, 3);
+}
+
+#[test]
+fn a_permanently_failing_receiver_ends_failed_with_the_last_error() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Status(503));
+    let server = Server::start_on(&database.url, &allow_private(&["--retry-schedule", "100ms,200ms,400ms"]));
+    let org = server.generate("doomed", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    let attempts: Vec<_> = (0..4).map(|_| receiver.next(WAIT)).collect();
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "growing gaps: {gaps:?}");
+    eventually(WAIT, "the event is failed", || state(&database, &id).0 == "failed");
+    let (_, attempts_made, retry, error) = state(&database, &id);
+    assert_eq!((attempts_made, retry), (4, false));
+    assert_eq!(error.as_deref(), Some("HTTP 503"));
+    let inbox = server.request("GET", "/api/inbox", &[("X-API-Key", &org.key)], None).json();
+    let event = &inbox["events"][0];
+    assert_eq!((event["status"].as_str(), event["attempts"].as_i64()), (Some("failed"), Some(4)));
+    assert_eq!(event["last_error"], "HTTP 503");
+}
+
+#[test]
+fn retry_after_on_429_is_honoured() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|n| {
+        if n == 0 {
+            Reply::StatusWith(429, "Retry-After: 1\r\n")
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let server = Server::start_on(&database.url, &allow_private(&["--retry-schedule", "30s"]));
+    let org = server.generate("throttled", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    let first = receiver.next(WAIT);
+    let second = receiver.next(WAIT);
+    let gap = second.at - first.at;
+    assert!(
+        gap >= Duration::from_millis(850) && gap < Duration::from_secs(10),
+        "Retry-After 1 s, not 30 s: {gap:?}"
+    );
+    eventually(WAIT, "delivered", || state(&database, &id).0 == "delivered");
+}
+
+#[test]
+fn gone_switches_push_off_and_the_event_stays_pending() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Status(410));
+    let server = Server::start_on(&database.url, &allow_private(&["--retry-schedule", "100ms"]));
+    let org = server.generate("gone", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    receiver.next(WAIT);
+    eventually(WAIT, "the 410 is recorded", || state(&database, &id).1 == 1);
+    let (status, attempts, retry, error) = state(&database, &id);
+    assert_eq!((status.as_str(), attempts, retry), ("pending", 1, false), "not retried; left for pull");
+    assert!(error.unwrap().contains("410"));
+    let shown = server.request("GET", "/api/keys", &[("X-API-Key", &org.key)], None).json();
+    assert!(shown["webhook_url"].is_null(), "push is off");
+    let later = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    assert_eq!(
+        state(&database, &later),
+        ("pending".to_string(), 0, false, None),
+        "later events are not pushed"
+    );
+}
+
+#[test]
+fn a_receiver_that_never_answers_times_out() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Hang);
+    let server = Server::start_on(
+        &database.url,
+        &allow_private(&[
+            "--retry-schedule",
+            "100ms",
+            "--webhook-timeout-ms",
+            "300",
+            "--delivery-lease-ms",
+            "2000",
+        ]),
+    );
+    let org = server.generate("silent", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    receiver.next(WAIT);
+    receiver.next(WAIT);
+    eventually(WAIT, "failed after two timeouts", || state(&database, &id).0 == "failed");
+    let (_, attempts, _, error) = state(&database, &id);
+    assert_eq!(attempts, 2);
+    assert!(error.unwrap().contains("timed out"));
+}
+
+#[test]
+fn private_destinations_are_refused_by_default() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Status(200));
+    let server = Server::start_on(&database.url, &["--retry-schedule", "100ms", "--delivery-poll-ms", "50"]);
+    let org = server.generate("ssrf", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    eventually(WAIT, "both attempts refused", || state(&database, &id).0 == "failed");
+    let (_, attempts, _, error) = state(&database, &id);
+    assert_eq!(attempts, 2);
+    assert!(error.unwrap().starts_with("refused"), "checked against the resolved address");
+    assert_eq!(
+        receiver.count.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the loopback receiver"
+    );
+}
+
+#[test]
+fn a_restart_in_the_middle_of_the_schedule_loses_nothing() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|n| if n == 0 { Reply::Status(500) } else { Reply::Status(200) });
+    let server = Server::start_on(&database.url, &allow_private(&["--retry-schedule", "1500ms"]));
+    let org = server.generate("restarted", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    receiver.next(WAIT);
+    eventually(WAIT, "the retry is scheduled", || state(&database, &id).2 && state(&database, &id).1 == 1);
+    server.kill();
+    let restarted = Server::start_on(&database.url, &allow_private(&[]));
+    let retry = receiver.next(WAIT);
+    assert_eq!(retry.header("webhook-id"), id);
+    eventually(WAIT, "delivered by the new process", || state(&database, &id).0 == "delivered");
+    assert_eq!(state(&database, &id).1, 2);
+    drop(restarted);
+}
+
+#[test]
+fn two_processes_on_one_database_deliver_each_event_once() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Status(200));
+    let first = Server::start_on(&database.url, &allow_private(&[]));
+    let second = Server::start_on(&database.url, &allow_private(&[]));
+    let org = first.generate("shared", "enterprise");
+    configure(&first, &org, &receiver.url());
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let server = if i % 2 == 0 { &first } else { &second };
+        ids.push(post(server, &org, &format!(r#"{{"type":"t","payload":{{"i":{i}}}}}"#)));
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while seen.len() < ids.len() {
+        *seen.entry(receiver.next(WAIT).header("webhook-id").to_string()).or_default() += 1;
+    }
+    let org_id: uuid::Uuid = org.id.parse().unwrap();
+    eventually(WAIT, "all recorded delivered", || {
+        let delivered: i64 = connect(&database)
+            .query_one("SELECT count(*) FROM events WHERE org_id = $1 AND status = 'delivered'", &[&org_id])
+            .unwrap()
+            .get(0);
+        delivered == ids.len() as i64
+    });
+    assert_eq!(receiver.count.load(std::sync::atomic::Ordering::SeqCst), ids.len(), "each attempt made once");
+    assert!(seen.values().all(|&n| n == 1));
+}
+
+#[test]
+fn leases_with_an_injected_clock() {
+    use triggerd::delivery::store::{self, DeliveryStatements, Record};
+    // A database of its own: claiming with a clock in the far future would otherwise
+    // lease the due events of tests running beside this one.
+    let database = FreshDatabase::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (mut client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        triggerd::storage::migrations::migrate(&mut client).await.unwrap();
+        let (org_id, event_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        const T0: i64 = 1_800_000_000_000_000;
+        client
+            .batch_execute(&format!(
+                "INSERT INTO organizations (org_id, name, tier, rate_limit_per_minute, webhook_url, signing_secret)
+                 VALUES ('{org_id}', 'leased', 'pro', 1000, 'http://127.0.0.1:9/', 'whsec_x');
+                 INSERT INTO events (org_id, id, type, payload, created_at, next_attempt_at)
+                 VALUES ('{org_id}', '{event_id}', 't', '{{}}', now(),
+                         timestamptz 'epoch' + {T0} * interval '1 microsecond');"
+            ))
+            .await
+            .unwrap();
+        let statements = DeliveryStatements::prepare(&client).await.unwrap();
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let lease_ms = 60_000;
+        let claim = |owner, now, excluded: Vec<uuid::Uuid>| {
+            let (client, statements) = (&client, &statements);
+            async move { store::claim_due(client, statements, owner, now, lease_ms, 10, &excluded).await.unwrap().len() }
+        };
+        assert_eq!(claim(a, T0 - 1, vec![]).await, 0, "not due yet");
+        assert_eq!(claim(a, T0, vec![]).await, 1, "due at T0");
+        assert_eq!(claim(b, T0 + 30_000_000, vec![]).await, 0, "leased to A");
+        assert_eq!(claim(b, T0 + 61_000_000, vec![org_id]).await, 0, "a saturated organisation is skipped");
+        assert_eq!(claim(b, T0 + 61_000_000, vec![]).await, 1, "A's lease expired: B takes the attempt over");
+        let stale = store::record(&client, &statements, a, T0 + 62_000_000, org_id, event_id, &Record::Delivered);
+        assert!(!stale.await.unwrap(), "A no longer holds the lease and cannot record");
+        let retry = Record::Retry { delay_ms: 5_000, error: "HTTP 500".into() };
+        assert!(store::record(&client, &statements, b, T0 + 62_000_000, org_id, event_id, &retry).await.unwrap());
+        assert_eq!(claim(a, T0 + 66_999_999, vec![]).await, 0, "the retry is due 5 s after the failure");
+        assert_eq!(claim(a, T0 + 67_000_000, vec![]).await, 1);
+        let failed = Record::Failed { error: "HTTP 500".into() };
+        assert!(store::record(&client, &statements, a, T0 + 68_000_000, org_id, event_id, &failed).await.unwrap());
+        assert_eq!(claim(b, T0 + 999_000_000, vec![]).await, 0, "a failed event is never due again");
+        drop(client);
+        let _ = driver.await;
+    });
+}
