@@ -295,7 +295,7 @@ fn leases_with_an_injected_clock() {
         let lease_ms = 60_000;
         let claim = |owner, now, excluded: Vec<uuid::Uuid>| {
             let (client, statements) = (&client, &statements);
-            async move { store::claim_due(client, statements, owner, now, lease_ms, 10, &excluded).await.unwrap().len() }
+            async move { store::claim_due(client, statements, owner, now, lease_ms, 10, 8, &excluded).await.unwrap().len() }
         };
         assert_eq!(claim(a, T0 - 1, vec![]).await, 0, "not due yet");
         assert_eq!(claim(a, T0, vec![]).await, 1, "due at T0");

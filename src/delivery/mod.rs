@@ -55,6 +55,10 @@ pub struct DeliveryConfig {
 
 /// Attempts claimed per database round trip at most.
 const CLAIM_BATCH_MAX: usize = 256;
+/// Least time between two claims of due attempts. A claim skips saturated
+/// organisations by filtering, so with a large backlog it reads past their due rows:
+/// completions may ask for a claim, but not more often than this.
+const CLAIM_SPACING_MIN: Duration = Duration::from_millis(100);
 /// How often the due-queue gauges are refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// Handed-over batches waiting for the engine; beyond it the writer drops the hand-off
@@ -78,6 +82,8 @@ pub struct Engine {
     per_org: RefCell<AHashMap<Uuid, usize>>,
     /// Set when a claim was cut short by a limit: completions then wake the poller.
     backlog: Cell<bool>,
+    /// When the last claim of due attempts ran.
+    last_claim: Cell<Instant>,
     wake: Notify,
     metrics: Arc<DeliveryMetrics>,
     jitter_state: Cell<u64>,
@@ -125,6 +131,7 @@ impl Engine {
             in_flight: Cell::new(0),
             per_org: RefCell::default(),
             backlog: Cell::new(false),
+            last_claim: Cell::new(Instant::now()),
             wake: Notify::new(),
             metrics,
             jitter_state: Cell::new(u64::from_le_bytes(seed) | 1),
@@ -162,7 +169,16 @@ impl Engine {
                     Some(events) => self.claim_handed(events).await,
                     None => return,
                 },
-                _ = self.wake.notified() => self.poll_due().await,
+                _ = self.wake.notified() => {
+                    let spacing = CLAIM_SPACING_MIN.min(self.config.poll_interval);
+                    let next = self.last_claim.get() + spacing;
+                    if Instant::now() < next {
+                        // Too soon: the timer claims at `next` instead.
+                        next_poll = next_poll.min(tokio::time::Instant::from_std(next));
+                    } else {
+                        self.poll_due().await;
+                    }
+                }
                 _ = tokio::time::sleep_until(next_poll) => {
                     self.poll_due().await;
                     next_poll = tokio::time::Instant::now() + self.config.poll_interval;
@@ -211,6 +227,7 @@ impl Engine {
     }
 
     async fn poll_due(self: &Rc<Self>) {
+        self.last_claim.set(Instant::now());
         let room = self.room();
         if room == 0 {
             self.backlog.set(true);
@@ -232,6 +249,7 @@ impl Engine {
             now_micros(),
             lease_ms,
             room as i64,
+            self.config.per_org_max as i64,
             &excluded,
         )
         .await;

@@ -69,6 +69,13 @@ fn claim_sql(due: &str) -> String {
     )
 }
 
+/// Switches push off for an organisation: its URL goes, and its pending deliveries
+/// that nobody holds are no longer due (claims only look at organisations with a URL).
+pub const SWITCH_OFF_SQL: &str = "
+WITH org AS (UPDATE organizations SET webhook_url = NULL, updated_at = now() WHERE org_id = $1 RETURNING org_id)
+UPDATE events SET next_attempt_at = NULL
+WHERE org_id = (SELECT org_id FROM org) AND next_attempt_at IS NOT NULL AND lease_owner IS NULL";
+
 /// Shared condition: a pending delivery whose attempt nobody holds.
 const CLAIMABLE: &str = "e.status = 'pending' AND (e.lease_until IS NULL OR e.lease_until < {NOW})";
 
@@ -83,11 +90,17 @@ impl DeliveryStatements {
     pub async fn prepare(client: &Client) -> Result<DeliveryStatements, tokio_postgres::Error> {
         let claimable = CLAIMABLE.replace("{NOW}", NOW);
         Ok(DeliveryStatements {
+            // Per organisation with a webhook, its oldest due attempts (at most $6);
+            // then the oldest of those overall (at most $4).
             claim_due: client
                 .prepare(&claim_sql(&format!(
-                    "SELECT e.org_id, e.id FROM events e
-                     WHERE e.next_attempt_at <= {NOW} AND {claimable} AND e.org_id <> ALL($5::uuid[])
-                     ORDER BY e.next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED"
+                    "SELECT d.org_id, d.id FROM organizations o
+                     CROSS JOIN LATERAL (
+                         SELECT e.org_id, e.id, e.next_attempt_at FROM events e
+                         WHERE e.org_id = o.org_id AND e.next_attempt_at <= {NOW} AND {claimable}
+                         ORDER BY e.next_attempt_at LIMIT $6 FOR UPDATE SKIP LOCKED) d
+                     WHERE o.webhook_url IS NOT NULL AND o.org_id <> ALL($5::uuid[])
+                     ORDER BY d.next_attempt_at LIMIT $4"
                 )))
                 .await?,
             claim_ids: client
@@ -127,9 +140,7 @@ impl DeliveryStatements {
                     "attempts = attempts + $5::int4, last_error = coalesce($6, last_error), next_attempt_at = NULL",
                 ))
                 .await?,
-            switch_off: client
-                .prepare("UPDATE organizations SET webhook_url = NULL, updated_at = now() WHERE org_id = $1")
-                .await?,
+            switch_off: client.prepare(SWITCH_OFF_SQL).await?,
             due_stats: client
                 .prepare(&format!(
                     "SELECT count(*), (min(next_attempt_at) IS NOT NULL),
@@ -158,7 +169,9 @@ fn rows_to_claimed(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Claimed>, tokio
         .collect()
 }
 
-/// Claims up to `limit` due attempts, oldest first, skipping `excluded` organisations.
+/// Claims up to `limit` due attempts, at most `per_org` of each organisation, oldest
+/// first, skipping `excluded` organisations.
+#[allow(clippy::too_many_arguments)]
 pub async fn claim_due(
     client: &Client,
     statements: &DeliveryStatements,
@@ -166,10 +179,12 @@ pub async fn claim_due(
     now_micros: i64,
     lease_ms: i64,
     limit: i64,
+    per_org: i64,
     excluded: &[Uuid],
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
-    let rows =
-        client.query(&statements.claim_due, &[&owner, &now_micros, &lease_ms, &limit, &excluded]).await?;
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&owner, &now_micros, &lease_ms, &limit, &excluded, &per_org];
+    let rows = client.query(&statements.claim_due, &parameters).await?;
     rows_to_claimed(rows)
 }
 

@@ -146,6 +146,7 @@ pub struct Statements {
     ack_many: Statement,
     find_existing: Statement,
     set_webhook: Statement,
+    stop_deliveries: Statement,
 }
 
 /// The SQL of the inbox page query for a view (public so a test can EXPLAIN it).
@@ -254,6 +255,7 @@ impl Statements {
                     micros("updated_at")
                 ))
                 .await?,
+            stop_deliveries: client.prepare(crate::delivery::store::SWITCH_OFF_SQL).await?,
         })
     }
 }
@@ -380,6 +382,10 @@ impl Storage {
         url: Option<String>,
     ) -> Result<Option<(String, i64)>, StorageError> {
         let connection = self.commands().await?;
+        if url.is_none() {
+            // Pending deliveries stop being due: push is off, the events wait for pull.
+            connection.client.execute(&connection.statements.stop_deliveries, &[&org_id]).await?;
+        }
         let row = connection.client.query_opt(&connection.statements.set_webhook, &[&org_id, &url]).await?;
         row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).transpose()
     }

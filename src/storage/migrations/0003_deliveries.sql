@@ -8,5 +8,8 @@ ALTER TABLE events
     ADD COLUMN lease_until     timestamptz,
     ADD COLUMN last_error      text;
 
--- Due deliveries, oldest first. Only rows with a delivery pending are in it.
-CREATE INDEX events_due ON events (next_attempt_at) WHERE next_attempt_at IS NOT NULL;
+-- Due deliveries per organisation, oldest first; only rows with a delivery pending
+-- are in it. Claims probe it per organisation with a webhook, so a claim costs
+-- (organisations x attempts per organisation), not the size of the backlog.
+CREATE INDEX events_due ON events (org_id, next_attempt_at) WHERE next_attempt_at IS NOT NULL;
+CREATE INDEX organizations_pushing ON organizations (org_id) WHERE webhook_url IS NOT NULL;
