@@ -63,6 +63,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_WRITERS", default_value_t = 2)]
     pub writers: usize,
 
+    /// Connections one HTTP core serves at once; beyond it a new connection gets 503
+    /// with Retry-After and is closed.
+    #[arg(long, env = "TRIGGERD_CONNECTIONS_PER_CORE_MAX", default_value_t = 10_000)]
+    pub connections_per_core_max: usize,
+
     /// Time from a request's first byte to the end of its head (then 408).
     #[arg(long, env = "TRIGGERD_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
@@ -168,6 +173,7 @@ impl ServeConfig {
             ("--key-cache-max", self.key_cache_max),
             ("--negative-cache-max", self.negative_cache_max),
             ("--command-queue-max", self.command_queue_max),
+            ("--connections-per-core-max", self.connections_per_core_max),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be at least 1"));

@@ -211,8 +211,23 @@ fn serve(config: ServeConfig) -> Result<(), String> {
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         write_timeout: Duration::from_millis(config.write_timeout_ms),
     };
-    let cores = runtime::start_http_cores(config.listen, &plan.http_cpus, parts, limits)
-        .map_err(|e| e.to_string())?;
+    let open_files = runtime::raise_open_files_limit();
+    let connections = config.connections_per_core_max.saturating_mul(http_cores) as u64;
+    if open_files < connections + 64 {
+        tracing::warn!(
+            open_files,
+            connections,
+            "the open-file limit is below the connection limit (ulimit -n)"
+        );
+    }
+    let cores = runtime::start_http_cores(
+        config.listen,
+        &plan.http_cpus,
+        parts,
+        limits,
+        config.connections_per_core_max,
+    )
+    .map_err(|e| e.to_string())?;
     tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, "cores started");
     // The line tests and scripts wait for: printed once every core accepts.
     writeln!(std::io::stdout(), "triggerd listening on http://{}", cores.local_addr)

@@ -152,6 +152,7 @@ impl Handler for Api {
             ProtocolError::UnsupportedTransferEncoding => {
                 ApiError::Malformed("only the chunked transfer encoding is supported")
             }
+            ProtocolError::TooManyConnections => overloaded(),
         };
         let status = error.write(response);
         self.shard.metrics.request(0, status, std::time::Duration::ZERO);

@@ -17,7 +17,10 @@ use super::parser::{
 use super::response::{self, ResponseBuf};
 use super::{ConnectionLimits, Handler, ProtocolError, Request};
 
-/// Read buffer size a connection starts with and shrinks back to; grows for bodies.
+/// Read buffer a connection starts with and shrinks back to: most requests fit, and
+/// an idle connection costs little (thousands of idle keep-alive clients are normal).
+const READ_BUFFER_INITIAL_BYTES: usize = 4096;
+/// Largest the read buffer grows to while reading a head.
 const READ_BUFFER_BYTES: usize = HEAD_BYTES_MAX + 4096;
 /// A chunked body may use at most this many bytes of framing on the wire.
 const CHUNKED_ENCODED_BYTES_MAX: usize = 2 * BODY_BYTES_MAX + HEAD_BYTES_MAX;
@@ -52,7 +55,8 @@ impl Connection {
             self.start = 0;
         }
         if self.end == self.buffer.len() {
-            let grown = (self.buffer.len() * 2).min(buffer_max.max(READ_BUFFER_BYTES));
+            let grown =
+                (self.buffer.len() * 2).max(READ_BUFFER_INITIAL_BYTES).min(buffer_max.max(READ_BUFFER_BYTES));
             if grown <= self.buffer.len() {
                 return Err(ReadEnd::Closed);
             }
@@ -94,16 +98,31 @@ impl Connection {
     }
 }
 
+/// Answers a connection beyond the core's limit with the handler's 503 and closes it.
+pub async fn refuse<H: Handler>(stream: TcpStream, handler: Rc<H>, limits: ConnectionLimits) {
+    let _ = stream.set_write_timeout(Some(limits.write_timeout));
+    let mut connection = Connection {
+        stream,
+        buffer: Vec::new(),
+        start: 0,
+        end: 0,
+        output: Vec::new(),
+        response: ResponseBuf::default(),
+    };
+    connection.fail(&*handler, ProtocolError::TooManyConnections).await;
+    let _ = connection.stream.close().await;
+}
+
 /// Serves one connection until it closes, times out or breaks the protocol.
 pub async fn serve<H: Handler>(stream: TcpStream, handler: Rc<H>, limits: ConnectionLimits) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(limits.write_timeout));
     let mut connection = Connection {
         stream,
-        buffer: vec![0; READ_BUFFER_BYTES],
+        buffer: vec![0; READ_BUFFER_INITIAL_BYTES],
         start: 0,
         end: 0,
-        output: Vec::with_capacity(4096),
+        output: Vec::new(),
         response: ResponseBuf::default(),
     };
     while serve_one(&mut connection, &*handler, &limits).await {}
@@ -236,8 +255,8 @@ async fn serve_request<H: Handler>(
     if c.start == c.end {
         c.start = 0;
         c.end = 0;
-        if c.buffer.len() > READ_BUFFER_BYTES {
-            c.buffer.truncate(READ_BUFFER_BYTES);
+        if c.buffer.len() > READ_BUFFER_INITIAL_BYTES {
+            c.buffer.truncate(READ_BUFFER_INITIAL_BYTES);
             c.buffer.shrink_to_fit();
         }
     }

@@ -74,6 +74,8 @@ pub enum ProtocolError {
     BodyTooLarge,
     Timeout,
     UnsupportedTransferEncoding,
+    /// The core already serves its maximum of connections.
+    TooManyConnections,
 }
 
 /// The application behind the HTTP layer.

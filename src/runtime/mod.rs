@@ -5,6 +5,7 @@
 //! accept lock is shared. Core 0 binds first; the others bind the port it got (so
 //! `--listen 127.0.0.1:0` works for tests).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -66,6 +67,25 @@ pub fn check_io_uring() -> Result<(), String> {
     ))
 }
 
+/// Raises the soft limit on open files to the hard limit (each connection is one).
+/// Returns the limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct in a live local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 /// The soft memlock limit in bytes (`None` = unlimited).
 pub fn memlock_bytes() -> Option<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -107,6 +127,7 @@ pub fn start_http_cores(
     cpus: &[usize],
     parts: ShardParts,
     limits: ConnectionLimits,
+    connections_max: usize,
 ) -> Result<HttpCores, RuntimeError> {
     let mut handles = Vec::with_capacity(cpus.len());
     let mut address = listen;
@@ -116,7 +137,7 @@ pub fn start_http_cores(
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("triggerd-http-{core}"))
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || serve_core(core, address, parts, limits, bound))
+            .spawn(move || serve_core(core, address, parts, limits, connections_max, bound))
             .map_err(|e| RuntimeError::Core { core, reason: e.to_string() })?;
         match bound_at.recv() {
             Ok(Ok(actual)) => address = actual,
@@ -140,6 +161,7 @@ async fn serve_core(
     address: SocketAddr,
     parts: ShardParts,
     limits: ConnectionLimits,
+    connections_max: usize,
     bound: mpsc::Sender<Result<SocketAddr, String>>,
 ) {
     let listener = match TcpListener::bind(address) {
@@ -158,10 +180,20 @@ async fn serve_core(
     })
     .detach();
     let api = Rc::new(Api { shard });
+    let open = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
+            Ok(stream) if open.get() >= connections_max => {
+                glommio::spawn_local(conn::refuse(stream, Rc::clone(&api), limits)).detach();
+            }
             Ok(stream) => {
-                glommio::spawn_local(conn::serve(stream, Rc::clone(&api), limits)).detach();
+                open.set(open.get() + 1);
+                let (api, open) = (Rc::clone(&api), Rc::clone(&open));
+                glommio::spawn_local(async move {
+                    conn::serve(stream, api, limits).await;
+                    open.set(open.get() - 1);
+                })
+                .detach();
             }
             Err(e) => {
                 // Out of descriptors or memory: back off briefly instead of spinning.
