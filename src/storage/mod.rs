@@ -40,8 +40,43 @@ pub enum StorageError {
 /// Health of the write path, read by `/health/ready` on every core.
 #[derive(Debug, Default)]
 pub struct StorageStatus {
-    /// The last batch or connection attempt reached PostgreSQL.
+    /// PostgreSQL answered the prober's last check (writers clear it at once when a
+    /// write fails for lack of a connection).
     pub db_ok: AtomicBool,
+}
+
+impl StorageStatus {
+    /// A write found the database unreachable.
+    pub fn lost(&self) {
+        self.db_ok.store(false, Ordering::Relaxed);
+    }
+}
+
+/// How often the prober checks the database, and how long a check may take.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest a connection attempt may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps `db_ok` true exactly while PostgreSQL answers, even with no traffic.
+async fn probe(db: Rc<Db>) {
+    let mut client: Option<Client> = None;
+    loop {
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = tokio::time::timeout(PROBE_TIMEOUT, db.connect()).await.ok().and_then(Result::ok);
+        }
+        let ok = match &client {
+            Some(c) => {
+                matches!(tokio::time::timeout(PROBE_TIMEOUT, c.simple_query("SELECT 1")).await, Ok(Ok(_)))
+            }
+            None => false,
+        };
+        if !ok {
+            client = None;
+        }
+        db.status.db_ok.store(ok, Ordering::Relaxed);
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
 }
 
 /// How to reach PostgreSQL; owned by the storage core.
@@ -180,7 +215,9 @@ async fn run(
     mut receiver: mpsc::Receiver<Command>,
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
-    let db = Rc::new(Db { config: config.database, status });
+    let mut database = config.database;
+    database.connect_timeout(CONNECT_TIMEOUT);
+    let db = Rc::new(Db { config: database, status });
     match db.connect().await {
         Ok(mut client) => {
             if let Err(e) = migrations::migrate(&mut client).await {
@@ -194,6 +231,7 @@ async fn run(
         }
     }
     db.status.db_ok.store(true, Ordering::Relaxed);
+    tokio::task::spawn_local(probe(Rc::clone(&db)));
     let (deliveries, handed) = mpsc::channel(HANDOFF_QUEUE_MAX);
     let engine = Engine::new(Rc::clone(&db), config.delivery, config.delivery_metrics);
     tokio::task::spawn_local(engine.run(handed));

@@ -10,7 +10,6 @@
 //! by PostgreSQL's per-row cost, not by round trips.
 
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +76,7 @@ struct WriterConnection {
 
 /// Reconnection back-off bounds.
 const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
 
 /// One writer task; runs for the life of the storage core.
 pub async fn run(
@@ -134,7 +133,9 @@ pub async fn run(
             connection = None;
             next_attempt = Instant::now();
         }
-        db.status.db_ok.store(connection.is_some(), Ordering::Relaxed);
+        if connection.is_none() {
+            db.status.lost();
+        }
         for ((core, record), outcome) in batch.iter().zip(outcomes) {
             handoff.links[*core].complete(record.slot, outcome);
             touched[*core] = true;
