@@ -140,6 +140,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_DELIVERY_POLL_MS", default_value_t = 1_000)]
     pub delivery_poll_ms: u64,
 
+    /// On SIGTERM/SIGINT: time to finish requests in progress and deliveries in flight
+    /// before exiting anyway (acknowledged events are committed either way).
+    #[arg(long, env = "TRIGGERD_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
+
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "triggerd=debug").
     #[arg(long, env = "TRIGGERD_LOG", default_value = "info")]
     pub log: String,

@@ -10,13 +10,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
 use triggerd::auth::pool::HashPool;
 use triggerd::config::ServeConfig;
-use triggerd::handoff::Handoff;
+use triggerd::handoff::{Control, Handoff};
 use triggerd::http::ConnectionLimits;
 use triggerd::metrics::Registry;
 use triggerd::runtime;
@@ -145,6 +145,39 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
+/// Graceful shutdown, bounded by --shutdown-timeout-ms: every core stops accepting and
+/// closes idle connections; requests in progress are answered (with Connection: close).
+/// An ingest request is answered only after its commit, so once the connections are
+/// gone every acknowledged event is committed. Then deliveries in flight may finish.
+fn shut_down(
+    signal: i32,
+    config: &ServeConfig,
+    handoff: &Handoff,
+    storage: &storage::StorageHandle,
+    cores: &runtime::HttpCores,
+) {
+    use std::sync::atomic::Ordering;
+    let deadline = Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
+    tracing::info!(signal, "shutting down: draining connections");
+    for link in &handoff.links {
+        while link.send_control(Control::Drain).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let wait = |what: &str, busy: &dyn Fn() -> usize| {
+        while busy() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if busy() > 0 {
+            tracing::warn!(left = busy(), "shutdown timeout reached with {what} still open");
+        }
+    };
+    wait("connections", &|| cores.connections.load(Ordering::Acquire));
+    storage.deliveries.stop.store(true, Ordering::Release);
+    wait("deliveries", &|| storage.deliveries.in_flight.load(Ordering::Acquire));
+    tracing::info!("shut down cleanly");
+}
+
 fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
     init_logging(&config.log);
@@ -176,6 +209,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     };
 
     let handoff = Handoff::new(http_cores, config.ring_capacity);
+    let shutdown_handoff = Arc::clone(&handoff);
     let metrics = Registry::new(http_cores);
     let storage = storage::start(
         StorageConfig {
@@ -196,7 +230,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let parts = ShardParts {
         handoff,
-        storage,
+        storage: storage.clone(),
         hash_pool,
         metrics,
         settings: Arc::new(ShardSettings {
@@ -235,7 +269,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     std::io::stdout().flush().map_err(|e| e.to_string())?;
 
     let signal = wait_for_signal(&signals);
-    tracing::info!(signal, "shutting down");
+    shut_down(signal, &config, &shutdown_handoff, &storage, &cores);
     if let Some(cluster) = managed.filter(|_| config.pg_stop_on_exit) {
         if let Err(e) = cluster.stop() {
             tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");

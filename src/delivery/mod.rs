@@ -53,6 +53,14 @@ pub struct DeliveryConfig {
     pub poll_interval: Duration,
 }
 
+/// Shared with the main thread for shutdown: stop claiming, and how many attempts are
+/// still in flight.
+#[derive(Debug, Default)]
+pub struct DeliveryControl {
+    pub stop: std::sync::atomic::AtomicBool,
+    pub in_flight: std::sync::atomic::AtomicUsize,
+}
+
 /// Attempts claimed per database round trip at most.
 const CLAIM_BATCH_MAX: usize = 256;
 /// Least time between two claims of due attempts. A claim skips saturated
@@ -86,6 +94,7 @@ pub struct Engine {
     last_claim: Cell<Instant>,
     wake: Notify,
     metrics: Arc<DeliveryMetrics>,
+    control: Arc<DeliveryControl>,
     jitter_state: Cell<u64>,
 }
 
@@ -119,7 +128,12 @@ pub fn delivery_body(claimed: &Claimed) -> Vec<u8> {
 }
 
 impl Engine {
-    pub fn new(db: Rc<Db>, config: DeliveryConfig, metrics: Arc<DeliveryMetrics>) -> Rc<Engine> {
+    pub fn new(
+        db: Rc<Db>,
+        config: DeliveryConfig,
+        metrics: Arc<DeliveryMetrics>,
+        control: Arc<DeliveryControl>,
+    ) -> Rc<Engine> {
         let mut seed = [0u8; 8];
         let _ = getrandom::getrandom(&mut seed);
         Rc::new(Engine {
@@ -134,6 +148,7 @@ impl Engine {
             last_claim: Cell::new(Instant::now()),
             wake: Notify::new(),
             metrics,
+            control,
             jitter_state: Cell::new(u64::from_le_bytes(seed) | 1),
         })
     }
@@ -191,8 +206,17 @@ impl Engine {
         }
     }
 
+    /// Attempts that may be claimed now (none once shutdown began).
     fn room(&self) -> usize {
+        if self.control.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return 0;
+        }
         self.config.in_flight_max.saturating_sub(self.in_flight.get()).min(CLAIM_BATCH_MAX)
+    }
+
+    fn set_in_flight(&self, n: usize) {
+        self.in_flight.set(n);
+        self.control.in_flight.store(n, std::sync::atomic::Ordering::Release);
     }
 
     fn saturated_orgs(&self) -> Vec<Uuid> {
@@ -291,10 +315,10 @@ impl Engine {
             self.backlog.set(true);
             return;
         }
-        self.in_flight.set(self.in_flight.get() + 1);
+        self.set_in_flight(self.in_flight.get() + 1);
         tokio::task::spawn_local(async move {
             engine.deliver(claimed).await;
-            engine.in_flight.set(engine.in_flight.get() - 1);
+            engine.set_in_flight(engine.in_flight.get() - 1);
             let mut per_org = engine.per_org.borrow_mut();
             if let Some(count) = per_org.get_mut(&org_id) {
                 *count -= 1;

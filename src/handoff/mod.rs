@@ -62,6 +62,8 @@ pub enum Outcome {
 pub enum Control {
     /// Drop every cached key of this organisation, then count down the barrier.
     RevokeOrg { org_id: Uuid, barrier: Arc<Barrier> },
+    /// Shut down: stop accepting, close idle connections, finish requests in progress.
+    Drain,
 }
 
 /// Counts down once per core; the storage core awaits the last one.

@@ -15,7 +15,7 @@ use super::parser::{
     self, BodyFraming, ChunkedError, ChunkedScan, HeadError, Method, BODY_BYTES_MAX, HEAD_BYTES_MAX,
 };
 use super::response::{self, ResponseBuf};
-use super::{ConnectionLimits, Handler, ProtocolError, Request};
+use super::{ConnectionLimits, Drain, Handler, ProtocolError, Request};
 
 /// Read buffer a connection starts with and shrinks back to: most requests fit, and
 /// an idle connection costs little (thousands of idle keep-alive clients are normal).
@@ -114,7 +114,12 @@ pub async fn refuse<H: Handler>(stream: TcpStream, handler: Rc<H>, limits: Conne
 }
 
 /// Serves one connection until it closes, times out or breaks the protocol.
-pub async fn serve<H: Handler>(stream: TcpStream, handler: Rc<H>, limits: ConnectionLimits) {
+pub async fn serve<H: Handler>(
+    stream: TcpStream,
+    handler: Rc<H>,
+    limits: ConnectionLimits,
+    drain: Rc<Drain>,
+) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(limits.write_timeout));
     let mut connection = Connection {
@@ -125,12 +130,17 @@ pub async fn serve<H: Handler>(stream: TcpStream, handler: Rc<H>, limits: Connec
         output: Vec::new(),
         response: ResponseBuf::default(),
     };
-    while serve_one(&mut connection, &*handler, &limits).await {}
+    while serve_one(&mut connection, &*handler, &limits, &drain).await {}
     let _ = connection.stream.close().await;
 }
 
 /// Serves one request; `false` when the connection must end.
-async fn serve_one<H: Handler>(c: &mut Connection, handler: &H, limits: &ConnectionLimits) -> bool {
+async fn serve_one<H: Handler>(
+    c: &mut Connection,
+    handler: &H,
+    limits: &ConnectionLimits,
+    drain: &Drain,
+) -> bool {
     // The head.
     let mut header_deadline = None;
     let head = loop {
@@ -145,7 +155,21 @@ async fn serve_one<H: Handler>(c: &mut Connection, handler: &H, limits: &Connect
                     (false, Some(deadline)) => deadline,
                     (false, None) => *header_deadline.insert(Instant::now() + limits.header_timeout),
                 };
-                match c.fill(deadline, READ_BUFFER_BYTES).await {
+                let read = if c.start == c.end {
+                    // Between requests: shutting down closes the connection here,
+                    // cleanly, never in the middle of a response.
+                    if drain.is_draining() {
+                        return false;
+                    }
+                    futures_lite::future::or(c.fill(deadline, READ_BUFFER_BYTES), async {
+                        drain.wait().await;
+                        Err(ReadEnd::Closed)
+                    })
+                    .await
+                } else {
+                    c.fill(deadline, READ_BUFFER_BYTES).await
+                };
+                match read {
                     Ok(()) => {
                         header_deadline.get_or_insert(Instant::now() + limits.header_timeout);
                     }
@@ -233,7 +257,7 @@ async fn serve_one<H: Handler>(c: &mut Connection, handler: &H, limits: &Connect
         },
     };
     let request_start = c.start;
-    serve_request(c, handler, head, request_start, body_bytes, consumed).await
+    serve_request(c, handler, head, request_start, body_bytes, consumed, drain).await
 }
 
 /// Dispatches a complete request that starts at `request_start` in the buffer.
@@ -244,12 +268,13 @@ async fn serve_request<H: Handler>(
     request_start: usize,
     body_bytes: usize,
     consumed: usize,
+    drain: &Drain,
 ) -> bool {
     let (head_part, rest) = c.buffer[request_start..].split_at_mut(head.head_bytes);
     let body = &mut rest[..body_bytes];
     c.response.clear();
     let status = handler.handle(Request::new(&head, head_part, body), &mut c.response).await;
-    let keep_alive = head.keep_alive;
+    let keep_alive = head.keep_alive && !drain.is_draining();
     response::write(&mut c.output, status, &c.response, !keep_alive, head.method == Method::Head);
     c.start = request_start + consumed;
     if c.start == c.end {

@@ -91,6 +91,34 @@ pub trait Handler {
     fn protocol_error(&self, error: ProtocolError, response: &mut ResponseBuf) -> u16;
 }
 
+/// A core's shutdown signal: set once; connections waiting for a new request close,
+/// and a request in progress is answered with `Connection: close`. Core-local.
+#[derive(Default)]
+pub struct Drain {
+    draining: std::cell::Cell<bool>,
+    notify: tokio::sync::Notify,
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.draining.set(true);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Resolves once draining starts (immediately if it has).
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.draining.get() {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// Per-connection time limits; every read and write is bounded by one of them.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {

@@ -8,14 +8,17 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::api::Api;
-use crate::http::{conn, ConnectionLimits};
+use crate::handoff::Control;
+use crate::http::{conn, ConnectionLimits, Drain};
 use crate::shard::{Shard, ShardParts};
 
 /// io_uring buffer memory per executor. glommio locks it in RAM, so it must fit the
@@ -104,6 +107,8 @@ pub enum RuntimeError {
 pub struct HttpCores {
     pub local_addr: SocketAddr,
     pub handles: Vec<ExecutorJoinHandle<()>>,
+    /// Open connections over all cores (changes on connect and close only).
+    pub connections: Arc<AtomicUsize>,
 }
 
 /// Where each HTTP core and the storage thread run.
@@ -130,6 +135,7 @@ pub fn start_http_cores(
     connections_max: usize,
 ) -> Result<HttpCores, RuntimeError> {
     let mut handles = Vec::with_capacity(cpus.len());
+    let connections = Arc::new(AtomicUsize::new(0));
     let mut address = listen;
     for (core, &cpu) in cpus.iter().enumerate() {
         let (bound, bound_at) = mpsc::channel::<Result<SocketAddr, String>>();
@@ -137,7 +143,10 @@ pub fn start_http_cores(
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("triggerd-http-{core}"))
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || serve_core(core, address, parts, limits, connections_max, bound))
+            .spawn({
+                let connections = Arc::clone(&connections);
+                move || serve_core(core, address, parts, limits, connections_max, connections, bound)
+            })
             .map_err(|e| RuntimeError::Core { core, reason: e.to_string() })?;
         match bound_at.recv() {
             Ok(Ok(actual)) => address = actual,
@@ -152,7 +161,7 @@ pub fn start_http_cores(
         }
         handles.push(handle);
     }
-    Ok(HttpCores { local_addr: address, handles })
+    Ok(HttpCores { local_addr: address, handles, connections })
 }
 
 /// The life of one HTTP core: its shard, its dispatcher, its accept loop.
@@ -162,6 +171,7 @@ async fn serve_core(
     parts: ShardParts,
     limits: ConnectionLimits,
     connections_max: usize,
+    connections: Arc<AtomicUsize>,
     bound: mpsc::Sender<Result<SocketAddr, String>>,
 ) {
     let listener = match TcpListener::bind(address) {
@@ -174,24 +184,51 @@ async fn serve_core(
     let _ = bound.send(listener.local_addr().map_err(|e| e.to_string()));
     let shard = Rc::new(Shard::new(core, parts));
     let dispatcher_shard = Rc::clone(&shard);
+    let drain = Rc::new(Drain::default());
+    let dispatcher_drain = Rc::clone(&drain);
     glommio::spawn_local(async move {
         let shard = &*dispatcher_shard;
-        shard.tickets.dispatch(|control| shard.apply(control)).await;
+        shard
+            .tickets
+            .dispatch(|control| match control {
+                Control::Drain => dispatcher_drain.start(),
+                other => shard.apply(other),
+            })
+            .await;
     })
     .detach();
     let api = Rc::new(Api { shard });
     let open = Rc::new(Cell::new(0usize));
     loop {
-        match listener.accept().await {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            drain.wait().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            // Draining: the listener closes here. The executor must outlive its
+            // connections (returning would drop their tasks mid-request), so wait for
+            // them; each closes after its current request, idle ones at once.
+            drop(listener);
+            tracing::info!(core, open = open.get(), "stopped accepting");
+            while open.get() > 0 {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            return;
+        };
+        match accepted {
             Ok(stream) if open.get() >= connections_max => {
                 glommio::spawn_local(conn::refuse(stream, Rc::clone(&api), limits)).detach();
             }
             Ok(stream) => {
                 open.set(open.get() + 1);
-                let (api, open) = (Rc::clone(&api), Rc::clone(&open));
+                connections.fetch_add(1, Ordering::AcqRel);
+                let (api, open, drain, connections) =
+                    (Rc::clone(&api), Rc::clone(&open), Rc::clone(&drain), Arc::clone(&connections));
                 glommio::spawn_local(async move {
-                    conn::serve(stream, api, limits).await;
+                    conn::serve(stream, api, limits, drain).await;
                     open.set(open.get() - 1);
+                    connections.fetch_sub(1, Ordering::AcqRel);
                 })
                 .detach();
             }

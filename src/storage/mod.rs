@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use crate::delivery::{DeliveryConfig, Engine, HANDOFF_QUEUE_MAX};
+use crate::delivery::{DeliveryConfig, DeliveryControl, Engine, HANDOFF_QUEUE_MAX};
 use crate::handoff::Handoff;
 use crate::metrics::{DeliveryMetrics, StorageMetrics};
 use crate::shard::ratelimit::RateWindow;
@@ -122,6 +122,8 @@ pub struct StorageConfig {
 pub struct StorageHandle {
     commands: mpsc::Sender<Command>,
     pub status: Arc<StorageStatus>,
+    /// The delivery engine's shutdown switch and in-flight count.
+    pub deliveries: Arc<DeliveryControl>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +192,8 @@ pub fn start(config: StorageConfig, handoff: Arc<Handoff>) -> Result<StorageHand
     let status = Arc::new(StorageStatus::default());
     let (ready, started) = std::sync::mpsc::channel::<Result<(), StartError>>();
     let thread_status = Arc::clone(&status);
+    let deliveries = Arc::new(DeliveryControl::default());
+    let thread_deliveries = Arc::clone(&deliveries);
     std::thread::Builder::new().name("triggerd-storage".into()).spawn(move || {
         if let Some(cpu) = config.cpu {
             crate::runtime::pin_current_thread(cpu);
@@ -202,16 +206,17 @@ pub fn start(config: StorageConfig, handoff: Arc<Handoff>) -> Result<StorageHand
             }
         };
         let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, run(config, handoff, thread_status, receiver, ready));
+        local.block_on(&runtime, run(config, handoff, thread_status, thread_deliveries, receiver, ready));
     })?;
     started.recv().map_err(|_| StartError::Connect("the storage thread died during start-up".into()))??;
-    Ok(StorageHandle { commands, status })
+    Ok(StorageHandle { commands, status, deliveries })
 }
 
 async fn run(
     config: StorageConfig,
     handoff: Arc<Handoff>,
     status: Arc<StorageStatus>,
+    deliveries_control: Arc<DeliveryControl>,
     mut receiver: mpsc::Receiver<Command>,
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
@@ -233,7 +238,7 @@ async fn run(
     db.status.db_ok.store(true, Ordering::Relaxed);
     tokio::task::spawn_local(probe(Rc::clone(&db)));
     let (deliveries, handed) = mpsc::channel(HANDOFF_QUEUE_MAX);
-    let engine = Engine::new(Rc::clone(&db), config.delivery, config.delivery_metrics);
+    let engine = Engine::new(Rc::clone(&db), config.delivery, config.delivery_metrics, deliveries_control);
     tokio::task::spawn_local(engine.run(handed));
     for writer in 0..config.writers.max(1) {
         tokio::task::spawn_local(writer::run(
