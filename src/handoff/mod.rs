@@ -62,6 +62,8 @@ pub enum Outcome {
 pub enum Control {
     /// Drop every cached key of this organisation, then count down the barrier.
     RevokeOrg { org_id: Uuid, barrier: Arc<Barrier> },
+    /// Drop every cached key, then count down the barrier.
+    RevokeAll { barrier: Arc<Barrier> },
     /// Shut down: stop accepting, close idle connections, finish requests in progress.
     Drain,
 }

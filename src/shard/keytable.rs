@@ -100,6 +100,12 @@ impl KeyTable {
         self.epoch += 1;
     }
 
+    /// Drops every cached key (revocations may have been missed).
+    pub fn revoke_all(&mut self) {
+        self.verified.clear();
+        self.epoch += 1;
+    }
+
     pub fn len(&self) -> usize {
         self.verified.len()
     }

@@ -96,6 +96,10 @@ impl Shard {
                 self.keys.borrow_mut().revoke_org(org_id);
                 barrier.arrive();
             }
+            Control::RevokeAll { barrier } => {
+                self.keys.borrow_mut().revoke_all();
+                barrier.arrive();
+            }
             // Handled by the core's runtime, which owns its listener and connections.
             Control::Drain => {}
         }

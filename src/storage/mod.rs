@@ -6,6 +6,7 @@
 //! Nothing on an HTTP core ever waits on PostgreSQL directly: it pushes onto a ring or
 //! sends a command and awaits the answer.
 
+pub mod listener;
 pub mod local_pg;
 pub mod migrations;
 pub mod queries;
@@ -257,6 +258,7 @@ async fn run(
         reconnecting: tokio::sync::Mutex::new(()),
         rate_windows: RefCell::new(AHashMap::new()),
     });
+    tokio::task::spawn_local(listener::listen(Rc::clone(&storage)));
     let _ = ready.send(Ok(()));
     let in_flight = Arc::new(Semaphore::new(config.commands_in_flight_max));
     while let Some(command) = receiver.recv().await {

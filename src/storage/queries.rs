@@ -203,11 +203,15 @@ impl Statements {
             rotate_key: client
                 .prepare(&format!(
                     "WITH old AS (
-                        DELETE FROM api_keys WHERE org_id = $1 AND lookup_id = $2 RETURNING org_id)
-                     INSERT INTO api_keys (org_id, lookup_id, key_hash, key_prefix)
-                     SELECT org_id, $3, $4, $5 FROM old
-                     RETURNING {}",
-                    micros("created_at")
+                        DELETE FROM api_keys WHERE org_id = $1 AND lookup_id = $2 RETURNING org_id),
+                     new AS (
+                        INSERT INTO api_keys (org_id, lookup_id, key_hash, key_prefix)
+                        SELECT org_id, $3, $4, $5 FROM old
+                        RETURNING org_id, created_at)
+                     -- Other instances on this database drop the old key when this commits.
+                     SELECT {}, pg_notify('{}', org_id::text) IS NULL FROM new",
+                    micros("created_at"),
+                    super::listener::REVOKE_CHANNEL
                 ))
                 .await?,
             get_org: client
@@ -460,10 +464,20 @@ impl Storage {
 
     /// Tells every HTTP core to drop the organisation's cached keys and waits until
     /// each has done so.
-    async fn revoke_everywhere(&self, org_id: Uuid) {
+    pub(super) async fn revoke_everywhere(&self, org_id: Uuid) {
+        self.broadcast(|barrier| Control::RevokeOrg { org_id, barrier }).await;
+    }
+
+    /// Tells every HTTP core to drop its whole key table (revocations may have been
+    /// missed) and waits until each has done so.
+    pub(super) async fn revoke_all_everywhere(&self) {
+        self.broadcast(|barrier| Control::RevokeAll { barrier }).await;
+    }
+
+    async fn broadcast(&self, make: impl Fn(Arc<Barrier>) -> Control) {
         let barrier = Barrier::new(self.handoff.links.len());
         for link in &self.handoff.links {
-            let mut control = Control::RevokeOrg { org_id, barrier: Arc::clone(&barrier) };
+            let mut control = make(Arc::clone(&barrier));
             // The control queue is short and drained on every dispatcher wake-up;
             // when full, wait a moment rather than drop a revocation.
             while let Err(returned) = link.send_control(control) {

@@ -1,0 +1,65 @@
+//! Key revocation across instances. A rotation notifies `REVOKE_CHANNEL` in the same
+//! statement (PostgreSQL delivers it at commit); every instance on the database
+//! listens on a connection of its own and drops the organisation's cached keys on all
+//! its cores, typically milliseconds after the rotation commits. If the listening
+//! connection is lost, notifications may have been missed: after reconnecting, every
+//! core drops its whole key table, so a revoked key never outlives a reconnection.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
+
+use super::Storage;
+
+pub const REVOKE_CHANNEL: &str = "triggerd_revoke";
+/// Notifications waiting to be applied; the connection is not read further meanwhile.
+const PENDING_MAX: usize = 1024;
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
+
+/// Runs for the life of the storage core.
+pub async fn listen(storage: Rc<Storage>) {
+    let mut delay = RETRY_DELAY_MIN;
+    let mut reconnecting = false;
+    loop {
+        match session(&storage, reconnecting).await {
+            Ok(()) => delay = RETRY_DELAY_MIN,
+            Err(e) => tracing::warn!(error = %e, "revocation listener lost its connection"),
+        }
+        reconnecting = true;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_DELAY_MAX);
+    }
+}
+
+async fn session(storage: &Storage, reconnecting: bool) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = storage.db.config.connect(NoTls).await?;
+    let (sender, mut notifications) = mpsc::channel::<String>(PENDING_MAX);
+    tokio::task::spawn_local(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    if sender.send(notification.payload().to_owned()).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {REVOKE_CHANNEL}")).await?;
+    if reconnecting {
+        storage.revoke_all_everywhere().await;
+    }
+    while let Some(payload) = notifications.recv().await {
+        match Uuid::try_parse(&payload) {
+            Ok(org_id) => storage.revoke_everywhere(org_id).await,
+            Err(_) => tracing::warn!(payload, "ignoring a malformed revocation notice"),
+        }
+    }
+    Ok(())
+}
