@@ -38,6 +38,15 @@ struct Cli {
 enum Commands {
     /// Serve the HTTP API.
     Serve(Box<ServeConfig>),
+    /// Inspect this host: io_uring, memlock, cores, sysctls, CPU governor. Exits 1 when
+    /// the service cannot run here.
+    Check {
+        /// HTTP cores the service will run (default: all CPUs but one).
+        #[arg(long, env = "TRIGGERD_HTTP_CORES")]
+        http_cores: Option<usize>,
+        #[arg(long, env = "TRIGGERD_CONNECTIONS_PER_CORE_MAX", default_value_t = 10_000)]
+        connections_per_core_max: usize,
+    },
     /// Apply pending database migrations and exit.
     Migrate {
         #[arg(long, env = "DATABASE_URL")]
@@ -73,6 +82,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Serve(config) => serve(*config),
         Commands::Migrate { database_url } => migrate(&database_url),
+        Commands::Check { http_cores, connections_per_core_max } => {
+            let cpus = runtime::available_cpus();
+            let cores = http_cores.unwrap_or(cpus.saturating_sub(1)).max(1);
+            let (report, runnable) =
+                runtime::check::report(&runtime::check::inspect(cores, connections_per_core_max));
+            let _ = write!(std::io::stdout(), "{report}");
+            if runnable {
+                Ok(())
+            } else {
+                Err("this host cannot run triggerd as it is (see FAIL above)".into())
+            }
+        }
         Commands::LocalPg { action } => local_pg(action),
     };
     match result {

@@ -5,6 +5,8 @@
 //! accept lock is shared. Core 0 binds first; the others bind the port it got (so
 //! `--listen 127.0.0.1:0` works for tests).
 
+pub mod check;
+
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
