@@ -4,7 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
 
 use crate::auth::keys::ARGON2_MEMORY_KIB;
 
@@ -144,6 +153,20 @@ pub struct ServeConfig {
     /// before exiting anyway (acknowledged events are committed either way).
     #[arg(long, env = "TRIGGERD_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// Log line format.
+    #[arg(long, env = "TRIGGERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Configuration file: `name = value` lines, names being these options' long names
+    /// (e.g. `http-cores = 3`). Flags and environment variables take precedence.
+    #[arg(long, env = "TRIGGERD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (secrets masked), with where each value came
+    /// from, and exit.
+    #[arg(long, env = "TRIGGERD_PRINT_CONFIG", default_value_t = false)]
+    pub print_config: bool,
 
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "triggerd=debug").
     #[arg(long, env = "TRIGGERD_LOG", default_value = "info")]

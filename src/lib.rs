@@ -36,6 +36,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod config_file;
 pub mod delivery;
 pub mod handoff;
 pub mod http;

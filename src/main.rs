@@ -12,10 +12,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use triggerd::auth::pool::HashPool;
-use triggerd::config::ServeConfig;
+use triggerd::config::{LogFormat, ServeConfig};
+use triggerd::config_file;
 use triggerd::handoff::{Control, Handoff};
 use triggerd::http::ConnectionLimits;
 use triggerd::metrics::Registry;
@@ -77,9 +81,79 @@ enum LocalPgAction {
     },
 }
 
+/// Applies the configuration file (if any) as environment variables that are not set
+/// already; returns the options it set.
+fn apply_config_file() -> Result<BTreeSet<String>, String> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some("serve") {
+        return Ok(BTreeSet::new());
+    }
+    let Some(path) = config_file::path_from(&args) else { return Ok(BTreeSet::new()) };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {path}: {e}"))?;
+    let command = Cli::command();
+    let known: Vec<String> = command
+        .find_subcommand("serve")
+        .map(|serve| serve.get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let entries = config_file::parse(&text, &known).map_err(|e| format!("--config {path}: {e}"))?;
+    let mut applied = BTreeSet::new();
+    for (option, value) in entries {
+        let variable = config_file::env_name(&option);
+        if std::env::var_os(&variable).is_none() {
+            // Edition 2021, single-threaded here: no thread has started yet.
+            std::env::set_var(&variable, value);
+            applied.insert(option);
+        }
+    }
+    Ok(applied)
+}
+
+/// `--print-config`: every option of `serve`, its effective value and its source.
+fn print_config(matches: &clap::ArgMatches, from_file: &BTreeSet<String>) {
+    let command = Cli::command();
+    let Some(serve) = command.find_subcommand("serve") else { return };
+    let mut out = String::new();
+    for argument in serve.get_arguments() {
+        let (Some(long), id) = (argument.get_long(), argument.get_id().as_str()) else { continue };
+        if long == "print-config" || long == "help" {
+            continue;
+        }
+        let value = matches
+            .get_raw(id)
+            .map(|values| values.map(|v| v.to_string_lossy().into_owned()).collect::<Vec<_>>().join(","))
+            .map(|v| config_file::masked(long, &v));
+        let source = match matches.value_source(id) {
+            Some(clap::parser::ValueSource::CommandLine) => "flag",
+            Some(clap::parser::ValueSource::EnvVariable) if from_file.contains(long) => "file",
+            Some(clap::parser::ValueSource::EnvVariable) => "environment",
+            Some(clap::parser::ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        let _ = writeln!(out, "{long} = {}  # {source}", value.unwrap_or_else(|| "(unset)".into()));
+    }
+    let _ = write!(std::io::stdout(), "{out}");
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let from_file = match apply_config_file() {
+        Ok(applied) => applied,
+        Err(message) => {
+            eprintln!("triggerd: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
+        Commands::Serve(config) if config.print_config => {
+            if let Some(serve) = matches.subcommand_matches("serve") {
+                print_config(serve, &from_file);
+            }
+            Ok(())
+        }
         Commands::Serve(config) => serve(*config),
         Commands::Migrate { database_url } => migrate(&database_url),
         Commands::Check { http_cores, connections_per_core_max } => {
@@ -105,12 +179,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
@@ -201,7 +278,7 @@ fn shut_down(
 
 fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
-    init_logging(&config.log);
+    init_logging(&config.log, config.log_format);
     let signals = block_shutdown_signals();
     runtime::check_io_uring()?;
     if let Some(limit) = runtime::memlock_bytes().filter(|&l| l < runtime::MEMLOCK_BYTES_MIN) {

@@ -42,8 +42,80 @@ fn bad_settings_are_refused_with_the_option_name() {
 #[test]
 fn check_reports_on_this_host() {
     let (runnable, report) = triggerd(&["check", "--http-cores", "2"]);
-    assert!(report.lines().all(|l| l.starts_with("ok ") || l.starts_with("warn ") || l.starts_with("FAIL ")), "{report}");
+    assert!(
+        report.lines().all(|l| l.starts_with("ok ") || l.starts_with("warn ") || l.starts_with("FAIL ")),
+        "{report}"
+    );
     assert!(report.contains("io_uring"));
     assert!(report.contains("memlock"));
     assert_eq!(runnable, !report.contains("FAIL"), "exit status follows the failures");
+}
+
+#[test]
+fn config_file_values_yield_to_environment_and_flags() {
+    let dir = std::env::temp_dir().join(format!("triggerd-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("triggerd.conf");
+    std::fs::write(
+        &file,
+        "# comment\nhttp-cores = 3\nring-capacity = 64\nadmin-token = hush\nlisten = 0.0.0.0:9000\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .args(["serve", "--config", file.to_str().unwrap(), "--print-config", "--ring-capacity", "128"])
+        .env("TRIGGERD_LISTEN", "127.0.0.1:7000")
+        .env_remove("TRIGGERD_HTTP_CORES")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("http-cores = 3  # file"), "{printed}");
+    assert!(printed.contains("ring-capacity = 128  # flag"), "{printed}");
+    assert!(printed.contains("listen = 127.0.0.1:7000  # environment"), "{printed}");
+    assert!(printed.contains("admin-token = ********  # file"), "the secret is masked: {printed}");
+    assert!(printed.contains("batch-events-max = 512  # default"), "{printed}");
+    std::fs::write(&file, "colour = blue\n").unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .args(["serve", "--config", file.to_str().unwrap(), "--print-config"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown option \"colour\""));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let Ok(database) = std::env::var("DATABASE_URL") else { panic!("run through scripts/test") };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-cores",
+            "1",
+            "--log-format",
+            "json",
+            "--log",
+            "info",
+        ])
+        .args(["--database-url", &database])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = 0;
+    for line in lines {
+        let line = line.unwrap();
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(json["level"].is_string() && json["timestamp"].is_string(), "{json}");
+        seen += 1;
+        if json["fields"]["message"] == "cores started" {
+            break;
+        }
+    }
+    assert!(seen >= 1);
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -139,6 +139,14 @@ impl Handler for Api {
             Err(error) => (0, Err(error)),
         };
         let status = result.unwrap_or_else(|error| error.write(response));
+        let mut request_id = [0u8; 24];
+        let length = self.shard.next_request_id(&mut request_id);
+        response.header(b"X-Request-Id", &request_id[..length]);
+        if status >= 500 {
+            let request_id = std::str::from_utf8(&request_id[..length]).unwrap_or_default();
+            let route = crate::metrics::ROUTE_LABELS[route_index];
+            tracing::warn!(request_id, route, status, "request answered with a server error");
+        }
         self.shard.metrics.request(route_index, status, started.elapsed());
         status
     }

@@ -59,6 +59,8 @@ pub struct Shard {
     pub registry: Arc<Registry>,
     pub metrics: Arc<CoreMetrics>,
     ids: RefCell<IdGenerator>,
+    /// Requests served by this core, for request ids.
+    requests: std::cell::Cell<u64>,
     /// simd-json scratch space, reused by every request on this core.
     pub json_buffers: RefCell<simd_json::Buffers>,
 }
@@ -80,6 +82,7 @@ impl Shard {
             metrics: Arc::clone(&parts.metrics.cores[core]),
             registry: parts.metrics,
             ids: RefCell::new(IdGenerator::seeded()),
+            requests: std::cell::Cell::new(0),
             json_buffers: RefCell::new(simd_json::Buffers::new(4096)),
         }
     }
@@ -87,6 +90,15 @@ impl Shard {
     /// A UUIDv7 for an event created at `now_micros`.
     pub fn next_id(&self, now_micros: i64) -> Uuid {
         self.ids.borrow_mut().next_v7(now_micros)
+    }
+
+    /// A request id unique in this process: the core and its request count, in hex.
+    pub fn next_request_id(&self, out: &mut [u8; 24]) -> usize {
+        let n = self.requests.get() + 1;
+        self.requests.set(n);
+        let mut cursor = std::io::Cursor::new(&mut out[..]);
+        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{:x}-{:x}", self.core, n));
+        cursor.position() as usize
     }
 
     /// Applies a control message from the storage core.
