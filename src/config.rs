@@ -149,6 +149,19 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_DELIVERY_POLL_MS", default_value_t = 1_000)]
     pub delivery_poll_ms: u64,
 
+    /// Delivered events are kept at least this many days; older days are dropped as
+    /// whole partitions once all their events are delivered.
+    #[arg(long, env = "TRIGGERD_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+
+    /// Daily event partitions created ahead of today.
+    #[arg(long, env = "TRIGGERD_PARTITIONS_AHEAD_DAYS", default_value_t = 3)]
+    pub partitions_ahead_days: u32,
+
+    /// How often partitions are created ahead and old ones dropped.
+    #[arg(long, env = "TRIGGERD_MAINTENANCE_INTERVAL_MS", default_value_t = 3_600_000)]
+    pub maintenance_interval_ms: u64,
+
     /// On SIGTERM/SIGINT: time to finish requests in progress and deliveries in flight
     /// before exiting anyway (acknowledged events are committed either way).
     #[arg(long, env = "TRIGGERD_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
@@ -211,6 +224,9 @@ impl ServeConfig {
             || self.delivery_poll_ms == 0
         {
             return Err("--deliveries-in-flight-max, --deliveries-per-org-max and --delivery-poll-ms must be at least 1".into());
+        }
+        if self.partitions_ahead_days == 0 || self.maintenance_interval_ms == 0 {
+            return Err("--partitions-ahead-days and --maintenance-interval-ms must be at least 1".into());
         }
         if self.delivery_lease_ms <= self.webhook_timeout_ms {
             return Err("--delivery-lease-ms must exceed --webhook-timeout-ms".into());

@@ -319,6 +319,11 @@ fn serve(config: ServeConfig) -> Result<(), String> {
             cpu: plan.storage_cpu,
             metrics: Arc::clone(&metrics.storage),
             delivery: config.delivery()?,
+            retention: triggerd::storage::retention::RetentionConfig {
+                retention_days: config.retention_days,
+                ahead_days: config.partitions_ahead_days,
+                interval: Duration::from_millis(config.maintenance_interval_ms),
+            },
             delivery_metrics: Arc::clone(&metrics.deliveries),
         },
         Arc::clone(&handoff),

@@ -9,6 +9,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "inbox_indexes", include_str!("migrations/0002_inbox_indexes.sql")),
     (3, "deliveries", include_str!("migrations/0003_deliveries.sql")),
+    (4, "partition_events", include_str!("migrations/0004_partition_events.sql")),
 ];
 
 /// Arbitrary constant naming triggerd's migration lock.

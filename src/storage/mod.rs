@@ -10,6 +10,7 @@ pub mod listener;
 pub mod local_pg;
 pub mod migrations;
 pub mod queries;
+pub mod retention;
 pub mod writer;
 
 use std::cell::RefCell;
@@ -58,6 +59,22 @@ const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest a connection attempt may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Partition maintenance every `interval`, on a connection of its own.
+async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig) {
+    loop {
+        tokio::time::sleep(config.interval).await;
+        let now = crate::http::date::unix_micros(std::time::SystemTime::now());
+        let result = match db.connect().await {
+            Ok(client) => retention::maintain(&client, now, &config).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(report) => tracing::info!(?report, "partition maintenance"),
+            Err(e) => tracing::warn!(error = %e, "partition maintenance failed; retrying next interval"),
+        }
+    }
+}
 
 /// Keeps `db_ok` true exactly while PostgreSQL answers, even with no traffic.
 async fn probe(db: Rc<Db>) {
@@ -113,6 +130,8 @@ pub struct StorageConfig {
     pub cpu: Option<usize>,
     /// Batch and commit metrics, written by the writers.
     pub metrics: Arc<StorageMetrics>,
+    /// Partition maintenance and retention.
+    pub retention: retention::RetentionConfig,
     /// The webhook delivery engine's settings and metrics.
     pub delivery: DeliveryConfig,
     pub delivery_metrics: Arc<DeliveryMetrics>,
@@ -230,6 +249,12 @@ async fn run(
                 let _ = ready.send(Err(StartError::Migrate(e.to_string())));
                 return;
             }
+            // Partitions for today and ahead must exist before the first insert.
+            let now = crate::http::date::unix_micros(std::time::SystemTime::now());
+            if let Err(e) = retention::maintain(&client, now, &config.retention).await {
+                let _ = ready.send(Err(StartError::Migrate(format!("partition maintenance: {e}"))));
+                return;
+            }
         }
         Err(e) => {
             let _ = ready.send(Err(StartError::Connect(e.to_string())));
@@ -238,6 +263,7 @@ async fn run(
     }
     db.status.db_ok.store(true, Ordering::Relaxed);
     tokio::task::spawn_local(probe(Rc::clone(&db)));
+    tokio::task::spawn_local(maintain_periodically(Rc::clone(&db), config.retention));
     let (deliveries, handed) = mpsc::channel(HANDOFF_QUEUE_MAX);
     let engine = Engine::new(Rc::clone(&db), config.delivery, config.delivery_metrics, deliveries_control);
     tokio::task::spawn_local(engine.run(handed));

@@ -1,0 +1,171 @@
+//! Partition maintenance and retention, run by the storage core at start-up and then
+//! every `interval`. Everything takes `now` (µs since the epoch), so tests drive it
+//! with an injected clock.
+//!
+//! - Daily partitions of `events` (by id range: a UUIDv7 begins with its time) are
+//!   created `ahead_days` ahead, so an insert never lacks one.
+//! - A partition whose whole day is older than the retention is detached
+//!   `CONCURRENTLY` (no lock that blocks ingest) and dropped, if every event in it is
+//!   delivered. One with undelivered events is kept (and reported) until they are:
+//!   dropping it would lose events nobody has received.
+//! - Dedup claims older than the 24 h window (plus an hour) are deleted, in bounded
+//!   batches.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// Claims deleted per statement.
+const DEDUP_DELETE_BATCH: i64 = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionConfig {
+    /// Delivered events are kept at least this many days.
+    pub retention_days: u32,
+    /// Daily partitions created ahead of today.
+    pub ahead_days: u32,
+    pub interval: Duration,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub created: Vec<String>,
+    pub dropped: Vec<String>,
+    /// Old partitions kept because some of their events are not delivered.
+    pub kept: Vec<String>,
+    pub dedup_claims_deleted: u64,
+}
+
+/// (year, month, day) of a day number (days since 1970-01-01).
+fn civil(day: i64) -> (i64, u32, u32) {
+    let micros = day * MICROS_PER_DAY;
+    let text = crate::http::date::rfc3339_micros(micros);
+    let year = text[0..4].parse().unwrap_or(1970);
+    let month = text[5..7].parse().unwrap_or(1);
+    let day_of_month = text[8..10].parse().unwrap_or(1);
+    (year, month, day_of_month)
+}
+
+pub fn partition_name(day: i64) -> String {
+    let (year, month, day_of_month) = civil(day);
+    format!("events_p{year:04}{month:02}{day_of_month:02}")
+}
+
+/// The day number of a partition name made by `partition_name`.
+fn day_of(name: &str) -> Option<i64> {
+    let digits = name.strip_prefix("events_p")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (year, month, day_of_month): (i64, u32, u32) =
+        (digits[0..4].parse().ok()?, digits[4..6].parse().ok()?, digits[6..8].parse().ok()?);
+    // Days from civil (Howard Hinnant), the inverse of `civil`.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(month) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(day_of_month) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The smallest UUIDv7 of the start of `day`: the partition bound.
+pub fn uuid_at_day(day: i64) -> Uuid {
+    let millis = (day * MICROS_PER_DAY / 1000) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}
+
+/// One maintenance pass at `now_micros`.
+pub async fn maintain(
+    client: &Client,
+    now_micros: i64,
+    config: &RetentionConfig,
+) -> Result<Report, tokio_postgres::Error> {
+    let today = now_micros.div_euclid(MICROS_PER_DAY);
+    let mut report = Report::default();
+    let existing: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'events'::regclass",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for day in today..=today + i64::from(config.ahead_days) {
+        let name = partition_name(day);
+        if existing.contains(&name) {
+            continue;
+        }
+        // Names and bounds are made here from numbers, never from request data.
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF events FOR VALUES FROM ('{}') TO ('{}')",
+                uuid_at_day(day),
+                uuid_at_day(day + 1)
+            ))
+            .await?;
+        report.created.push(name);
+    }
+    let oldest_kept = today - i64::from(config.retention_days);
+    for name in &existing {
+        let Some(day) = day_of(name) else { continue };
+        if day >= oldest_kept {
+            continue;
+        }
+        let undelivered: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {name} WHERE status <> 'delivered'"), &[])
+            .await?
+            .try_get(0)?;
+        if undelivered > 0 {
+            report.kept.push(name.clone());
+            continue;
+        }
+        // CONCURRENTLY: waits for queries using the partition, blocks no insert.
+        client.batch_execute(&format!("ALTER TABLE events DETACH PARTITION {name} CONCURRENTLY")).await?;
+        client.batch_execute(&format!("DROP TABLE {name}")).await?;
+        report.dropped.push(name.clone());
+    }
+    let cutoff = now_micros - MICROS_PER_DAY - 3_600_000_000;
+    loop {
+        let deleted = client
+            .execute(
+                "DELETE FROM event_dedup WHERE ctid IN (
+                    SELECT ctid FROM event_dedup
+                    WHERE created_at < timestamptz 'epoch' + $1::int8 * interval '1 microsecond' LIMIT $2)",
+                &[&cutoff, &DEDUP_DELETE_BATCH],
+            )
+            .await?;
+        report.dedup_claims_deleted += deleted;
+        if (deleted as i64) < DEDUP_DELETE_BATCH {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_bounds() {
+        let day = 20_783; // 2026-11-26
+        assert_eq!(partition_name(day), "events_p20261126");
+        assert_eq!(day_of("events_p20261126"), Some(day));
+        assert_eq!(day_of("events_p19700101"), Some(0));
+        assert_eq!(day_of("events_default"), None);
+        assert_eq!(day_of("events_p2026112x"), None);
+        let bound = uuid_at_day(day);
+        let millis = u64::from_str_radix(&bound.simple().to_string()[..12], 16).unwrap();
+        assert_eq!(millis as i64, day * 86_400_000, "48-bit millisecond prefix");
+        assert!(bound.simple().to_string()[12..].bytes().all(|b| b == b'0'), "the rest zero");
+        assert!(uuid_at_day(day) < uuid_at_day(day + 1));
+    }
+}
