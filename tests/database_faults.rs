@@ -60,6 +60,16 @@ fn ready(server: &Server) -> u16 {
     server.request("GET", "/health/ready", &[], None).status
 }
 
+/// Sets `stop` when dropped, so a failing assertion in a scope's main body stops the
+/// load threads instead of leaving the scope waiting for them forever.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Posts events from `clients` connections until `stop`; every response goes to `results`.
 fn load(
     server: &Server,
@@ -116,6 +126,7 @@ fn postgres_restarted_under_load_loses_no_acknowledged_event() {
     let mut refused = 0;
     std::thread::scope(|scope| {
         let (server_ref, org_ref, stop_ref) = (&server, &org, &stop);
+        let _stop_on_panic = StopOnDrop(&stop);
         scope.spawn(move || load(server_ref, org_ref, 4, stop_ref, &sender));
         let take = |until_accepted: usize, accepted: &mut Vec<String>, refused: &mut usize| {
             while accepted.len() < until_accepted {
@@ -165,6 +176,7 @@ fn killed_connections_are_reopened_and_lose_nothing() {
     let mut accepted: Vec<String> = Vec::new();
     std::thread::scope(|scope| {
         let (server_ref, org_ref, stop_ref) = (&server, &org, &stop);
+        let _stop_on_panic = StopOnDrop(&stop);
         scope.spawn(move || load(server_ref, org_ref, 4, stop_ref, &sender));
         let mut killed_rounds = 0;
         while accepted.len() < 900 {
@@ -229,4 +241,33 @@ fn one_event_the_database_refuses_does_not_fail_its_batch() {
     let single = org.post_event(&server, r#"{"type":"bad","payload":{"poison":1}}"#);
     assert_eq!(single.assert_error(400, "invalid_request")["field"], "payload");
     assert_eq!(common::event_count(&mut client, &org.id), 19);
+}
+
+#[test]
+fn a_batch_failing_for_a_reason_other_than_its_data_is_a_503_not_a_400() {
+    // Regression: a batch that failed with a database error not caused by its data (a
+    // terminated backend, a cancelled statement) was retried event by event, and each
+    // event was answered 400 "the database refused this event". A trigger raises such
+    // an error (SQLSTATE 57014, query_canceled) for marked events.
+    let database = FreshDatabase::new();
+    let server = Server::start_on(&database.url, &[]);
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "CREATE FUNCTION cancel_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.payload ? 'cancel' THEN
+                     RAISE EXCEPTION 'canceling statement' USING ERRCODE = '57014';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER cancel_marked BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION cancel_marked();",
+        )
+        .unwrap();
+    let org = server.generate("cancelled", "pro");
+    let response = org.post_event(&server, r#"{"type":"t","payload":{"cancel":true}}"#);
+    response.assert_error(503, "overloaded");
+    assert_eq!(response.header("Retry-After"), Some("1"));
+    assert_eq!(common::event_count(&mut client, &org.id), 0, "the refused event was not stored");
+    assert_eq!(org.post_event(&server, r#"{"type":"t","payload":{}}"#).status, 202);
 }

@@ -270,6 +270,7 @@ fn two_processes_on_one_database_deliver_each_event_once() {
 #[test]
 fn leases_with_an_injected_clock() {
     use triggerd::delivery::store::{self, DeliveryStatements, Record};
+    use triggerd::storage::PrepareStatements;
     // A database of its own: claiming with a clock in the far future would otherwise
     // lease the due events of tests running beside this one.
     let database = FreshDatabase::new();

@@ -26,13 +26,12 @@ use std::time::{Duration, Instant, SystemTime};
 use ahash::AHashMap;
 use hyper::body::Bytes;
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::api::json::ObjectWriter;
 use crate::http::date::unix_micros;
 use crate::metrics::DeliveryMetrics;
-use crate::storage::Db;
+use crate::storage::{Db, LazyConnection, Prepared};
 use client::WebhookClient;
 use schedule::{Decision, RetrySchedule};
 use store::{Claimed, DeliveryStatements, Record};
@@ -73,18 +72,13 @@ const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// and the poller finds those events (they are already due in the database).
 pub const HANDOFF_QUEUE_MAX: usize = 256;
 
-struct Connection {
-    client: Client,
-    statements: DeliveryStatements,
-}
-
 pub struct Engine {
-    db: Rc<Db>,
     /// This process's lease owner id.
     owner: Uuid,
     config: DeliveryConfig,
     client: WebhookClient,
-    connection: RefCell<Option<Rc<Connection>>>,
+    /// The engine's own connection (claims and outcomes), reopened when it closes.
+    connection: LazyConnection<DeliveryStatements>,
     in_flight: Cell<usize>,
     /// In-flight attempts per organisation; entries leave at zero.
     per_org: RefCell<AHashMap<Uuid, usize>>,
@@ -137,11 +131,10 @@ impl Engine {
         let mut seed = [0u8; 8];
         let _ = getrandom::getrandom(&mut seed);
         Rc::new(Engine {
-            db,
+            connection: LazyConnection::new(db),
             owner: Uuid::now_v7(),
             client: WebhookClient::new(config.allow_private, config.timeout),
             config,
-            connection: RefCell::new(None),
             in_flight: Cell::new(0),
             per_org: RefCell::default(),
             backlog: Cell::new(false),
@@ -163,15 +156,8 @@ impl Engine {
         (x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
     }
 
-    async fn connection(&self) -> Result<Rc<Connection>, tokio_postgres::Error> {
-        if let Some(connection) = self.connection.borrow().as_ref().filter(|c| !c.client.is_closed()) {
-            return Ok(Rc::clone(connection));
-        }
-        let client = self.db.connect().await?;
-        let statements = DeliveryStatements::prepare(&client).await?;
-        let connection = Rc::new(Connection { client, statements });
-        *self.connection.borrow_mut() = Some(Rc::clone(&connection));
-        Ok(connection)
+    async fn connection(&self) -> Result<Rc<Prepared<DeliveryStatements>>, tokio_postgres::Error> {
+        self.connection.get().await
     }
 
     /// Runs until the hand-off channel closes (the process ends).

@@ -86,8 +86,8 @@ fn only_owner(set: &str) -> String {
     )
 }
 
-impl DeliveryStatements {
-    pub async fn prepare(client: &Client) -> Result<DeliveryStatements, tokio_postgres::Error> {
+impl crate::storage::PrepareStatements for DeliveryStatements {
+    async fn prepare(client: &Client) -> Result<DeliveryStatements, tokio_postgres::Error> {
         let claimable = CLAIMABLE.replace("{NOW}", NOW);
         Ok(DeliveryStatements {
             // Per organisation with a webhook, its oldest due attempts (at most $6);

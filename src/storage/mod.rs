@@ -157,38 +157,64 @@ impl StorageHandle {
     }
 }
 
-struct CommandConnection {
-    client: Client,
-    statements: Statements,
+/// A connection with its prepared statements.
+pub struct Prepared<S> {
+    pub client: Client,
+    pub statements: S,
+}
+
+/// Statements prepared once per connection.
+pub trait PrepareStatements: Sized {
+    fn prepare(client: &Client) -> impl std::future::Future<Output = Result<Self, tokio_postgres::Error>>;
+}
+
+/// A connection opened on first use and reopened (with its statements) after it
+/// closes; concurrent users wait for one reopening instead of each opening one.
+pub struct LazyConnection<S> {
+    db: Rc<Db>,
+    current: RefCell<Option<Rc<Prepared<S>>>>,
+    reopening: tokio::sync::Mutex<()>,
+}
+
+impl<S: PrepareStatements> LazyConnection<S> {
+    pub fn new(db: Rc<Db>) -> LazyConnection<S> {
+        LazyConnection { db, current: RefCell::new(None), reopening: tokio::sync::Mutex::new(()) }
+    }
+
+    fn open_one(&self) -> Option<Rc<Prepared<S>>> {
+        self.current.borrow().as_ref().filter(|c| !c.client.is_closed()).map(Rc::clone)
+    }
+
+    pub async fn get(&self) -> Result<Rc<Prepared<S>>, tokio_postgres::Error> {
+        if let Some(connection) = self.open_one() {
+            return Ok(connection);
+        }
+        let _guard = self.reopening.lock().await;
+        if let Some(connection) = self.open_one() {
+            return Ok(connection);
+        }
+        let client = self.db.connect().await?;
+        let statements = S::prepare(&client).await?;
+        let connection = Rc::new(Prepared { client, statements });
+        *self.current.borrow_mut() = Some(Rc::clone(&connection));
+        Ok(connection)
+    }
 }
 
 /// State of the storage core, living on its thread.
 pub struct Storage {
     db: Rc<Db>,
     handoff: Arc<Handoff>,
-    /// The command connection; replaced when it closes.
-    connection: RefCell<Option<Rc<CommandConnection>>>,
-    /// Serialises reconnection so a burst of commands opens one connection.
-    reconnecting: tokio::sync::Mutex<()>,
+    /// The command connection, pipelining every command; reopened when it closes.
+    connection: LazyConnection<Statements>,
     /// One rate window per organisation seen, shared by every core. Bounded by the
     /// number of organisations in the database.
     rate_windows: RefCell<AHashMap<Uuid, Arc<RateWindow>>>,
 }
 
 impl Storage {
-    async fn commands(&self) -> Result<Rc<CommandConnection>, StorageError> {
-        if let Some(connection) = self.connection.borrow().as_ref().filter(|c| !c.client.is_closed()) {
-            return Ok(Rc::clone(connection));
-        }
-        let _guard = self.reconnecting.lock().await;
-        if let Some(connection) = self.connection.borrow().as_ref().filter(|c| !c.client.is_closed()) {
-            return Ok(Rc::clone(connection));
-        }
-        let client = self.db.connect().await?;
-        let statements = Statements::prepare(&client).await?;
-        let connection = Rc::new(CommandConnection { client, statements });
-        *self.connection.borrow_mut() = Some(Rc::clone(&connection));
-        Ok(connection)
+    async fn commands(&self) -> Result<Rc<Prepared<Statements>>, StorageError> {
+        Ok(self.connection.get().await?)
     }
 
     fn rate_window(&self, org_id: Uuid) -> Arc<RateWindow> {
@@ -278,10 +304,9 @@ async fn run(
         ));
     }
     let storage = Rc::new(Storage {
-        db,
         handoff,
-        connection: RefCell::new(None),
-        reconnecting: tokio::sync::Mutex::new(()),
+        connection: LazyConnection::new(Rc::clone(&db)),
+        db,
         rate_windows: RefCell::new(AHashMap::new()),
     });
     tokio::task::spawn_local(listener::listen(Rc::clone(&storage)));

@@ -177,8 +177,8 @@ fn inbox_sql(filter: &str) -> String {
     )
 }
 
-impl Statements {
-    pub async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+impl super::PrepareStatements for Statements {
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         Ok(Statements {
             lookup_key: client
                 .prepare(&format!(

@@ -182,15 +182,19 @@ async fn write_batch(
     let mut outcomes = vec![Outcome::Accepted; batch.len()];
     match insert(connection, batch, &primaries, &mut outcomes, to_push).await {
         Ok(()) => {}
-        Err(e) if e.as_db_error().is_some() && !connection.client.is_closed() => {
+        Err(e) if is_data_error(&e) => {
             // One event's data broke the statement (the batch rolled back as a whole):
             // write each event alone so only the bad one is refused.
             tracing::warn!(error = %e, events = primaries.len(), "batch refused; writing its events one by one");
             for &index in &primaries {
                 if let Err(e) = insert(connection, batch, &[index], &mut outcomes, to_push).await {
                     outcomes[index] = match e.as_db_error() {
-                        Some(db_error) => Outcome::Rejected { message: db_error.message().to_owned() },
-                        None => Outcome::Unavailable,
+                        Some(db_error) if is_data_error(&e) => {
+                            Outcome::Rejected { message: db_error.message().to_owned() }
+                        }
+                        // Anything else (a killed backend, a lost connection) is not
+                        // this event's fault: a 503, never a 400.
+                        _ => Outcome::Unavailable,
                     };
                 }
             }
@@ -214,6 +218,14 @@ async fn write_batch(
         "batch committed"
     );
     outcomes
+}
+
+/// True for errors caused by the data of an event: SQLSTATE classes 22 (data
+/// exception) and 23 (integrity constraint violation). Every other error (a backend
+/// terminated by an administrator, 57P01; a lost connection; 08xxx) is transient and
+/// says nothing about the events.
+fn is_data_error(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23"))
 }
 
 /// Runs the batch statement for `indexes` and records non-accepted outcomes.
