@@ -13,7 +13,7 @@ use super::json::ObjectWriter;
 use super::{object_with_fields, require_json};
 use crate::http::{Request, ResponseBuf};
 use crate::ingest::batch::{array_element_spans, ingest_batch, EntryResult, BATCH_EVENTS_MAX};
-use crate::ingest::validate::{event_from_value, validate_event, EventFields};
+use crate::ingest::validate::{event_from_value, parse_json, validate_event, EventFields};
 use crate::ingest::{ingest, RateState};
 use crate::metrics::CoreMetrics;
 use crate::shard::ratelimit::reset_secs;
@@ -68,8 +68,7 @@ type Entries = Vec<Result<(EventFields, String), ApiError>>;
 fn decode_batch(shard: &Shard, request: Request<'_>) -> Result<Entries, ApiError> {
     let text = body_text(&request)?;
     let mut buffers = shard.json_buffers.borrow_mut();
-    let value = simd_json::value::borrowed::to_value_with_buffers(request.body, &mut buffers)
-        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))?;
+    let value = parse_json(request.body, &mut buffers)?;
     let object = object_with_fields(&value, &["events"])?;
     let events = object
         .get("events")

@@ -217,8 +217,7 @@ pub fn parse_json_body<'a>(
     buffers: &mut simd_json::Buffers,
 ) -> Result<simd_json::BorrowedValue<'a>, ApiError> {
     require_json(request)?;
-    simd_json::value::borrowed::to_value_with_buffers(request.body, buffers)
-        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))
+    crate::ingest::validate::parse_json(request.body, buffers)
 }
 
 #[cfg(test)]

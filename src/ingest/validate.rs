@@ -20,10 +20,24 @@ pub struct EventFields {
     pub dedup_id: Option<String>,
 }
 
+/// Parses a JSON body in place (it is scratch afterwards), strictly: simd-json skips
+/// anything between a NUL byte that follows a literal or number and the next
+/// structural character (`[null\0junk]` parses as `[null]`), so bodies containing NUL
+/// are refused first. A NUL never appears in valid JSON: it is not whitespace, and
+/// strings must escape it. Found by the event_validation fuzz target.
+pub fn parse_json<'a>(body: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Result<Value<'a>, ApiError> {
+    if body.contains(&0) {
+        return Err(ApiError::InvalidJson(
+            "the request body is not valid JSON: it contains a NUL byte".into(),
+        ));
+    }
+    simd_json::value::borrowed::to_value_with_buffers(body, buffers)
+        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))
+}
+
 /// Parses `body` in place (it is scratch afterwards) and validates it.
 pub fn validate_event(body: &mut [u8], buffers: &mut simd_json::Buffers) -> Result<EventFields, ApiError> {
-    let value = simd_json::value::borrowed::to_value_with_buffers(body, buffers)
-        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))?;
+    let value = parse_json(body, buffers)?;
     event_from_value(&value)
 }
 
@@ -131,6 +145,18 @@ mod tests {
         assert_eq!(check(&long).map_err(|e| e.1), Err("invalid_request:type".to_string()));
         let max = format!(r#"{{"type":"{}","payload":{{}}}}"#, "é".repeat(127));
         assert!(check(&max).is_ok(), "254 bytes of UTF-8 fit");
+    }
+
+    #[test]
+    fn nul_bytes_outside_strings_are_invalid_json() {
+        // simd-json alone accepts these, skipping what follows the NUL.
+        for body in [
+            &b"{\"type\":\"t\",\"payload\":{\"n\":1\0junk}}"[..],
+            b"{\"type\":\"t\",\"payload\":{\"a\":[null\0?]}}",
+        ] {
+            let error = validate_event(&mut body.to_vec(), &mut simd_json::Buffers::default()).unwrap_err();
+            assert_eq!(error.code(), "invalid_json", "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]
