@@ -289,7 +289,7 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     }
     let cpus = runtime::available_cpus();
     let http_cores = config.http_cores(cpus);
-    let mut plan = runtime::plan_placement(http_cores, cpus);
+    let mut plan = runtime::plan_placement(http_cores, &runtime::allowed_cpus());
     if config.storage_cpu.is_some() {
         plan.storage_cpu = config.storage_cpu;
     }

@@ -31,13 +31,32 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 
 /// Number of CPUs this process may run on.
 pub fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    allowed_cpus().len()
 }
 
-/// Pins the calling thread to `cpu` (modulo the CPUs available). Best effort: a
-/// failure is logged, not fatal.
+/// The CPUs this process may run on (its affinity mask, e.g. systemd's CPUAffinity or
+/// taskset), in increasing order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; sched_getaffinity(0, …)
+    // writes at most size_of::<cpu_set_t>() bytes into it; CPU_ISSET reads within it
+    // for indexes below CPU_SETSIZE.
+    let allowed: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            Vec::new()
+        } else {
+            (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+        }
+    };
+    if allowed.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        allowed
+    }
+}
+
+/// Pins the calling thread to `cpu`. Best effort: a failure is logged, not fatal.
 pub fn pin_current_thread(cpu: usize) {
-    let cpu = cpu % available_cpus();
     // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes within
     // it for cpu < CPU_SETSIZE (cpu is below the CPU count); sched_setaffinity(0, …)
     // reads `size_of::<cpu_set_t>()` bytes from a live local.
@@ -120,11 +139,13 @@ pub struct CorePlan {
     pub storage_cpu: Option<usize>,
 }
 
-/// Default placement: HTTP cores on the first CPUs, the storage core alone on the
-/// last CPU when there is one to spare, unpinned otherwise.
-pub fn plan_placement(http_cores: usize, cpus: usize) -> CorePlan {
-    let http_cpus = (0..http_cores).map(|i| i % cpus).collect();
-    let storage_cpu = (http_cores < cpus).then_some(cpus - 1);
+/// Default placement over the allowed CPUs (in order): HTTP cores on the first ones,
+/// the storage core alone on the last one when there is one to spare, unpinned
+/// otherwise. More HTTP cores than CPUs share them round-robin.
+pub fn plan_placement(http_cores: usize, allowed: &[usize]) -> CorePlan {
+    assert!(!allowed.is_empty());
+    let http_cpus = (0..http_cores).map(|i| allowed[i % allowed.len()]).collect();
+    let storage_cpu = (http_cores < allowed.len()).then(|| allowed[allowed.len() - 1]);
     CorePlan { http_cpus, storage_cpu }
 }
 
@@ -249,11 +270,25 @@ mod tests {
 
     #[test]
     fn placement_keeps_a_cpu_for_storage_when_it_can() {
-        let plan = plan_placement(1, 2);
+        let plan = plan_placement(1, &[0, 1]);
         assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0], Some(1)));
-        let plan = plan_placement(2, 2);
+        let plan = plan_placement(2, &[0, 1]);
         assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0, 1], None));
-        let plan = plan_placement(3, 2);
+        let plan = plan_placement(3, &[0, 1]);
         assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0, 1, 0], None));
+    }
+
+    #[test]
+    fn placement_follows_the_affinity_mask() {
+        // CPUAffinity=2-7 with 5 HTTP cores: HTTP on 2-6, storage on 7.
+        let plan = plan_placement(5, &[2, 3, 4, 5, 6, 7]);
+        assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![2, 3, 4, 5, 6], Some(7)));
+    }
+
+    #[test]
+    fn this_process_has_allowed_cpus() {
+        let allowed = allowed_cpus();
+        assert!(!allowed.is_empty() && allowed.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(available_cpus(), allowed.len());
     }
 }
