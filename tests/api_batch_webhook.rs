@@ -159,3 +159,28 @@ fn a_nul_byte_in_a_batch_body_is_a_400_not_a_500() {
     conn.read_response().assert_error(400, "invalid_json");
     assert_eq!(event_count(&mut db(), &org.id), 0);
 }
+
+#[test]
+fn junk_that_simd_json_tolerates_is_never_a_5xx_nor_stored() {
+    // Regression (found by fuzzing, input kept as a seed): simd-json accepts junk after
+    // a long number; such a body must be refused as bad input (400, or its entries
+    // invalid), never answered 5xx, and nothing of it stored.
+    let server = Server::start(&[]);
+    let org = server.generate("junk-batch", "free");
+    let path =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/event_validation/regression-junk-after-long-number");
+    let body = std::fs::read(path).unwrap();
+    let mut conn = server.connect();
+    let head = format!(
+        "POST /api/events/batch HTTP/1.1\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        org.key,
+        body.len()
+    );
+    conn.send(&[head.as_bytes(), &body].concat());
+    let response = conn.read_response();
+    assert!(response.status == 200 || response.status == 400, "{} {}", response.status, response.text());
+    if response.status == 200 {
+        assert!(response.json()["results"].as_array().unwrap().iter().all(|r| r["status"] == "invalid"));
+    }
+    assert_eq!(event_count(&mut db(), &org.id), 0);
+}
