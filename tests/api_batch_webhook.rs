@@ -140,6 +140,20 @@ fn webhook_config_sets_clears_and_shows_on_every_core() {
         .assert_error(401, "unauthorized");
 }
 
+/// Posts a fuzz seed's bytes (which may hold NUL) as a batch body, byte for byte.
+fn post_seed_as_batch(server: &Server, org: &common::Org, seed: &str) -> common::Response {
+    let path = format!("{}/fuzz/seeds/event_validation/{seed}", env!("CARGO_MANIFEST_DIR"));
+    let body = std::fs::read(path).unwrap();
+    let head = format!(
+        "POST /api/events/batch HTTP/1.1\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        org.key,
+        body.len()
+    );
+    let mut conn = server.connect();
+    conn.send(&[head.as_bytes(), &body].concat());
+    conn.read_response()
+}
+
 #[test]
 fn a_nul_byte_in_a_batch_body_is_a_400_not_a_500() {
     // Regression (found by the event_validation fuzz target, input kept as a seed):
@@ -147,16 +161,7 @@ fn a_nul_byte_in_a_batch_body_is_a_400_not_a_500() {
     // disagreed with the parser and the request was answered 500.
     let server = Server::start(&[]);
     let org = server.generate("nul-batch", "free");
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/event_validation/regression-nul-after-atom");
-    let body = std::fs::read(path).unwrap();
-    let mut conn = server.connect();
-    let head = format!(
-        "POST /api/events/batch HTTP/1.1\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        org.key,
-        body.len()
-    );
-    conn.send(&[head.as_bytes(), &body].concat());
-    conn.read_response().assert_error(400, "invalid_json");
+    post_seed_as_batch(&server, &org, "regression-nul-after-atom").assert_error(400, "invalid_json");
     assert_eq!(event_count(&mut db(), &org.id), 0);
 }
 
