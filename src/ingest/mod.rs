@@ -87,13 +87,12 @@ pub async fn ingest(
     let dedup_id = fields.dedup_id.clone();
     let record = new_record(shard, org, fields, body, created_at_micros);
     let id = record.id;
-    let overloaded = || Err(ApiError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS });
     let ticket = match shard.tickets.submit(record) {
         Ok(ticket) => ticket,
         Err(SubmitError::Full) => {
             org.rate.refund(window_id);
             state.remaining += 1;
-            return (overloaded(), state);
+            return (Err(crate::api::overloaded()), state);
         }
     };
     let result = match ticket.await {
@@ -107,7 +106,7 @@ pub async fn ingest(
         Outcome::Unavailable => {
             org.rate.refund(window_id);
             state.remaining += 1;
-            overloaded()
+            Err(crate::api::overloaded())
         }
     };
     (result, state)

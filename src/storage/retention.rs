@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use crate::http::date::{civil_from_days, days_from_civil};
+
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Claims deleted per statement.
 const DEDUP_DELETE_BATCH: i64 = 10_000;
@@ -39,18 +41,8 @@ pub struct Report {
     pub dedup_claims_deleted: u64,
 }
 
-/// (year, month, day) of a day number (days since 1970-01-01).
-fn civil(day: i64) -> (i64, u32, u32) {
-    let micros = day * MICROS_PER_DAY;
-    let text = crate::http::date::rfc3339_micros(micros);
-    let year = text[0..4].parse().unwrap_or(1970);
-    let month = text[5..7].parse().unwrap_or(1);
-    let day_of_month = text[8..10].parse().unwrap_or(1);
-    (year, month, day_of_month)
-}
-
 pub fn partition_name(day: i64) -> String {
-    let (year, month, day_of_month) = civil(day);
+    let (year, month, day_of_month) = civil_from_days(day);
     format!("events_p{year:04}{month:02}{day_of_month:02}")
 }
 
@@ -62,14 +54,7 @@ fn day_of(name: &str) -> Option<i64> {
     }
     let (year, month, day_of_month): (i64, u32, u32) =
         (digits[0..4].parse().ok()?, digits[4..6].parse().ok()?, digits[6..8].parse().ok()?);
-    // Days from civil (Howard Hinnant), the inverse of `civil`.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (i64::from(month) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(day_of_month) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    Some(days_from_civil(year, month, day_of_month))
 }
 
 /// The smallest UUIDv7 of the start of `day`: the partition bound.
