@@ -3,6 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use triggerd::ingest::validate::validate_event;
+use triggerd::json::JsonScratch;
 
 const EVENT: &str = r#"{"type":"order.created","dedup_id":"order-12345-created","payload":{"order_id":12345,"amount":"19.90","currency":"EUR","customer":{"id":"c-981","email":"someone@example.com","tags":["vip","eu"]},"items":[{"sku":"A-1","qty":2,"price":5.95},{"sku":"B-7","qty":1,"price":8.00}],"note":"leave at the door"}}"#;
 
@@ -22,12 +23,12 @@ fn baseline(body: &[u8]) -> Option<(String, Option<String>)> {
 fn validation(c: &mut Criterion) {
     let mut group = c.benchmark_group("validate_event");
     group.throughput(Throughput::Bytes(EVENT.len() as u64));
-    let mut buffers = simd_json::Buffers::default();
+    let mut scratch_json = JsonScratch::default();
     let mut scratch = EVENT.as_bytes().to_vec();
     group.bench_function("triggerd (simd-json, reused buffers)", |b| {
         b.iter(|| {
             scratch.copy_from_slice(EVENT.as_bytes());
-            validate_event(black_box(&mut scratch), &mut buffers).unwrap()
+            validate_event(black_box(&mut scratch), &mut scratch_json).unwrap()
         })
     });
     group.bench_function("baseline (serde_json Value)", |b| {

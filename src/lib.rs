@@ -41,6 +41,7 @@ pub mod delivery;
 pub mod handoff;
 pub mod http;
 pub mod ingest;
+pub mod json;
 pub mod metrics;
 pub mod model;
 pub mod runtime;

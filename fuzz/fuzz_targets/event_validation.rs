@@ -11,9 +11,9 @@ use triggerd::ingest::batch::array_element_spans;
 use triggerd::ingest::validate::{parse_json, validate_event, FIELD_BYTES_MAX};
 
 fuzz_target!(|data: &[u8]| {
-    let mut buffers = simd_json::Buffers::default();
+    let mut scratch = triggerd::json::JsonScratch::default();
     let mut copy = data.to_vec();
-    if let Ok(fields) = validate_event(&mut copy, &mut buffers) {
+    if let Ok(fields) = validate_event(&mut copy, &mut scratch) {
         assert!(!fields.event_type.is_empty() && fields.event_type.len() <= FIELD_BYTES_MAX);
         assert!(!fields.event_type.contains('\0'));
         if let Some(dedup) = &fields.dedup_id {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // Whatever the service's parse accepts must not crash the span finder.
     let mut parsed = data.to_vec();
-    if parse_json(&mut parsed, &mut buffers).is_ok() {
+    if parse_json(&mut parsed, &mut scratch).is_ok() {
         let _ = array_element_spans(data);
     }
     let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(data) else { return };

@@ -36,8 +36,8 @@ pub async fn one(
 }
 
 fn decode_ids(mut request: Request<'_>, shard: &Shard) -> Result<Vec<Uuid>, ApiError> {
-    let mut buffers = shard.json_buffers.borrow_mut();
-    let value = parse_json_body(&mut request, &mut buffers)?;
+    let mut scratch = shard.json.borrow_mut();
+    let value = parse_json_body(&mut request, &mut scratch)?;
     let object = object_with_fields(&value, &["ids"])?;
     let ids = object
         .get("ids")

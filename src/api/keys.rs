@@ -36,8 +36,8 @@ struct SignUp {
 }
 
 fn decode_sign_up(mut request: Request<'_>, shard: &Shard) -> Result<SignUp, ApiError> {
-    let mut buffers = shard.json_buffers.borrow_mut();
-    let value = parse_json_body(&mut request, &mut buffers)?;
+    let mut scratch = shard.json.borrow_mut();
+    let value = parse_json_body(&mut request, &mut scratch)?;
     let object = object_with_fields(&value, &["organization_name", "tier"])?;
     let name = object.get("organization_name").and_then(|v| v.as_str()).ok_or_else(|| {
         ApiError::invalid("organization_name", "organization_name is required and must be a string")

@@ -200,8 +200,9 @@ pub fn object_with_fields<'v, 'a>(
     allowed: &[&str],
 ) -> Result<&'v simd_json::value::borrowed::Object<'a>, ApiError> {
     use simd_json::prelude::*;
-    let object =
-        value.as_object().ok_or_else(|| ApiError::InvalidJson("the body must be a JSON object".into()))?;
+    let object = value.as_object().ok_or_else(|| {
+        ApiError::invalid("body", "the body must be a JSON object (it is valid JSON of another shape)")
+    })?;
     if let Some(key) = object.keys().find(|key| !allowed.contains(&key.as_ref())) {
         return Err(ApiError::invalid(
             key.to_string(),
@@ -211,13 +212,14 @@ pub fn object_with_fields<'v, 'a>(
     Ok(object)
 }
 
-/// Parses a JSON request body in place into a simd-json value, after the media type check.
+/// Gates and parses a JSON request body in place into a simd-json value, after the
+/// media type check.
 pub fn parse_json_body<'a>(
     request: &'a mut Request<'_>,
-    buffers: &mut simd_json::Buffers,
+    scratch: &mut crate::json::JsonScratch,
 ) -> Result<simd_json::BorrowedValue<'a>, ApiError> {
     require_json(request)?;
-    crate::ingest::validate::parse_json(request.body, buffers)
+    crate::ingest::validate::parse_json(request.body, scratch)
 }
 
 #[cfg(test)]

@@ -57,8 +57,8 @@ pub fn validate_webhook_url(url: &str) -> Result<(), &'static str> {
 }
 
 fn decode(mut request: Request<'_>, shard: &Shard) -> Result<Option<String>, ApiError> {
-    let mut buffers = shard.json_buffers.borrow_mut();
-    let value = parse_json_body(&mut request, &mut buffers)?;
+    let mut scratch = shard.json.borrow_mut();
+    let value = parse_json_body(&mut request, &mut scratch)?;
     let object = object_with_fields(&value, &["webhook_url"])?;
     match object.get("webhook_url") {
         None => Err(ApiError::invalid("webhook_url", "webhook_url is required (null switches push off)")),

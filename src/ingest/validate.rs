@@ -1,14 +1,17 @@
-//! Validation of an event body against the contract, with simd-json.
+//! Validation of an event body against the contract, after the JSON gate.
 //!
 //! `{"type": string 1..=255 bytes, "payload": object, "dedup_id"?: string 1..=255
-//! bytes}`; unknown top-level fields are refused. Strings anywhere in the event may
-//! not contain U+0000: PostgreSQL's `text` and `jsonb` cannot store it, and one such
-//! event must be refused here rather than break the batch it would be written in.
+//! bytes}`; unknown top-level fields are refused. Every body first passes the gate
+//! (`crate::json::gate`): bounded depth, no repeated member names, no `\u0000` or
+//! unpaired surrogates, numbers PostgreSQL's `numeric` holds. Only then does simd-json
+//! parse it (its recursion is bounded by the gate's depth limit), so PostgreSQL never
+//! refuses an event that passed, and the payload it stores is the one read here.
 
 use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
 
 use crate::api::error::ApiError;
+use crate::json::JsonScratch;
 
 /// Longest `type` and `dedup_id`, in bytes.
 pub const FIELD_BYTES_MAX: usize = 255;
@@ -20,48 +23,44 @@ pub struct EventFields {
     pub dedup_id: Option<String>,
 }
 
-/// Parses a JSON body in place (it is scratch afterwards), strictly: simd-json skips
-/// anything between a NUL byte that follows a literal or number and the next
-/// structural character (`[null\0junk]` parses as `[null]`), so bodies containing NUL
-/// are refused first. A NUL never appears in valid JSON: it is not whitespace, and
-/// strings must escape it. Found by the event_validation fuzz target.
-pub fn parse_json<'a>(body: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Result<Value<'a>, ApiError> {
-    if body.contains(&0) {
-        return Err(ApiError::InvalidJson(
-            "the request body is not valid JSON: it contains a NUL byte".into(),
-        ));
-    }
-    simd_json::value::borrowed::to_value_with_buffers(body, buffers)
+/// Runs the gate over `body`; on success returns the body as text.
+pub fn gate<'b>(body: &'b [u8], scratch: &mut JsonScratch) -> Result<&'b str, ApiError> {
+    scratch.gate.check(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// Parses a body that passed `gate`, in place (it is scratch afterwards).
+pub fn parse_gated<'a>(body: &'a mut [u8], scratch: &mut JsonScratch) -> Result<Value<'a>, ApiError> {
+    simd_json::value::borrowed::to_value_with_buffers(body, &mut scratch.buffers)
         .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))
 }
 
-/// Parses `body` in place (it is scratch afterwards) and validates it.
-pub fn validate_event(body: &mut [u8], buffers: &mut simd_json::Buffers) -> Result<EventFields, ApiError> {
-    let value = parse_json(body, buffers)?;
+/// Gates and parses a JSON body in place (it is scratch afterwards).
+pub fn parse_json<'a>(body: &'a mut [u8], scratch: &mut JsonScratch) -> Result<Value<'a>, ApiError> {
+    gate(body, scratch)?;
+    parse_gated(body, scratch)
+}
+
+/// Gates, parses and validates one event body in place.
+pub fn validate_event(body: &mut [u8], scratch: &mut JsonScratch) -> Result<EventFields, ApiError> {
+    let value = parse_json(body, scratch)?;
     event_from_value(&value)
 }
 
 /// Validates one event object (a whole body, or one entry of a batch).
 pub fn event_from_value(value: &Value<'_>) -> Result<EventFields, ApiError> {
-    let field = |name: &'static str| name;
-    if !value.is_object() {
-        return Err(ApiError::InvalidJson("the event must be a JSON object".into()));
-    }
     let object = crate::api::object_with_fields(value, &["type", "payload", "dedup_id"])?;
     let event_type = match object.get("type") {
         None | Some(Value::Static(simd_json::StaticNode::Null)) => {
-            return Err(ApiError::invalid(field("type"), "type is required"))
+            return Err(ApiError::invalid("type", "type is required"))
         }
-        Some(value) => bounded_string(value)
-            .map_err(|problem| ApiError::invalid(field("type"), format!("type {problem}")))?,
+        Some(value) => {
+            bounded_string(value).map_err(|problem| ApiError::invalid("type", format!("type {problem}")))?
+        }
     };
     match object.get("payload") {
-        None => return Err(ApiError::invalid(field("payload"), "payload is required")),
+        None => return Err(ApiError::invalid("payload", "payload is required")),
         Some(payload) if !payload.is_object() => {
-            return Err(ApiError::invalid(field("payload"), "payload must be a JSON object"))
-        }
-        Some(payload) if contains_nul(payload) => {
-            return Err(ApiError::invalid(field("payload"), "payload must not contain the character U+0000"))
+            return Err(ApiError::invalid("payload", "payload must be a JSON object"))
         }
         Some(_) => {}
     }
@@ -69,7 +68,7 @@ pub fn event_from_value(value: &Value<'_>) -> Result<EventFields, ApiError> {
         None | Some(Value::Static(simd_json::StaticNode::Null)) => None,
         Some(value) => Some(
             bounded_string(value)
-                .map_err(|problem| ApiError::invalid(field("dedup_id"), format!("dedup_id {problem}")))?,
+                .map_err(|problem| ApiError::invalid("dedup_id", format!("dedup_id {problem}")))?,
         ),
     };
     Ok(EventFields { event_type, dedup_id })
@@ -80,19 +79,8 @@ fn bounded_string(value: &Value<'_>) -> Result<String, &'static str> {
     if text.is_empty() || text.len() > FIELD_BYTES_MAX {
         return Err("must be 1 to 255 bytes long");
     }
-    if text.contains('\0') {
-        return Err("must not contain the character U+0000");
-    }
+    debug_assert!(!text.contains('\0'), "the gate refuses \\u0000");
     Ok(text.to_owned())
-}
-
-fn contains_nul(value: &Value<'_>) -> bool {
-    match value {
-        Value::String(text) => text.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(map) => map.iter().any(|(key, value)| key.contains('\0') || contains_nul(value)),
-        Value::Static(_) => false,
-    }
 }
 
 #[cfg(test)]
@@ -101,7 +89,7 @@ mod tests {
 
     fn check(body: &str) -> Result<EventFields, (u16, String)> {
         let mut bytes = body.as_bytes().to_vec();
-        validate_event(&mut bytes, &mut simd_json::Buffers::default()).map_err(|e| {
+        validate_event(&mut bytes, &mut JsonScratch::default()).map_err(|e| {
             let field = match &e {
                 ApiError::InvalidRequest { field, .. } => field.to_string(),
                 _ => String::new(),
@@ -132,9 +120,13 @@ mod tests {
             (r#"{"type":"t","payload":{},"dedup_id":""}"#, "invalid_request:dedup_id"),
             (r#"{"type":"t","payload":{},"dedup_id":5}"#, "invalid_request:dedup_id"),
             (r#"{"type":"t","payload":{},"extra":1}"#, "invalid_request:extra"),
-            (r#"{"type":"t","payload":{"a":["\u0000"]}}"#, "invalid_request:payload"),
-            (r#"{"type":"a\u0000","payload":{}}"#, "invalid_request:type"),
-            (r#"[1,2]"#, "invalid_json:"),
+            (r#"{"type":"t","payload":{"a":["\u0000"]}}"#, "invalid_json:"),
+            (r#"{"type":"a\u0000","payload":{}}"#, "invalid_json:"),
+            (r#"{"type":"t","payload":{},"payload":"x"}"#, "invalid_json:"),
+            (r#"[1,2]"#, "invalid_request:body"),
+            (r#""text""#, "invalid_request:body"),
+            ("7", "invalid_request:body"),
+            ("null", "invalid_request:body"),
             (r#"{"type":"t","payload":{}"#, "invalid_json:"),
             ("", "invalid_json:"),
         ];
@@ -149,12 +141,12 @@ mod tests {
 
     #[test]
     fn nul_bytes_outside_strings_are_invalid_json() {
-        // simd-json alone accepts these, skipping what follows the NUL.
+        // simd-json alone accepts these, skipping what follows the NUL; the gate does not.
         for body in [
             &b"{\"type\":\"t\",\"payload\":{\"n\":1\0junk}}"[..],
             b"{\"type\":\"t\",\"payload\":{\"a\":[null\0?]}}",
         ] {
-            let error = validate_event(&mut body.to_vec(), &mut simd_json::Buffers::default()).unwrap_err();
+            let error = validate_event(&mut body.to_vec(), &mut JsonScratch::default()).unwrap_err();
             assert_eq!(error.code(), "invalid_json", "{}", String::from_utf8_lossy(body));
         }
     }
@@ -162,7 +154,7 @@ mod tests {
     #[test]
     fn invalid_utf8_is_invalid_json() {
         let mut bytes = b"{\"type\":\"\xff\",\"payload\":{}}".to_vec();
-        let error = validate_event(&mut bytes, &mut simd_json::Buffers::default()).unwrap_err();
+        let error = validate_event(&mut bytes, &mut JsonScratch::default()).unwrap_err();
         assert_eq!(error.code(), "invalid_json");
     }
 }

@@ -61,8 +61,8 @@ pub struct Shard {
     ids: RefCell<IdGenerator>,
     /// Requests served by this core, for request ids.
     requests: std::cell::Cell<u64>,
-    /// simd-json scratch space, reused by every request on this core.
-    pub json_buffers: RefCell<simd_json::Buffers>,
+    /// The JSON gate's and simd-json's scratch space, reused by every request on this core.
+    pub json: RefCell<crate::json::JsonScratch>,
 }
 
 impl Shard {
@@ -83,7 +83,7 @@ impl Shard {
             registry: parts.metrics,
             ids: RefCell::new(IdGenerator::seeded()),
             requests: std::cell::Cell::new(0),
-            json_buffers: RefCell::new(simd_json::Buffers::new(4096)),
+            json: RefCell::new(crate::json::JsonScratch::default()),
         }
     }
 
