@@ -113,6 +113,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_NEGATIVE_CACHE_MAX", default_value_t = 10_000)]
     pub negative_cache_max: usize,
 
+    /// Longest a request-path statement (batch insert, key lookup, inbox read, ack) may
+    /// run before PostgreSQL cancels it and the request gets 503.
+    #[arg(long, env = "TRIGGERD_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub statement_timeout_ms: u64,
+
     /// Commands (key lookups, sign-ups, reads) that may queue for the storage core.
     #[arg(long, env = "TRIGGERD_COMMAND_QUEUE_MAX", default_value_t = 1024)]
     pub command_queue_max: usize,
@@ -215,6 +220,7 @@ impl ServeConfig {
             ("--negative-cache-max", self.negative_cache_max),
             ("--command-queue-max", self.command_queue_max),
             ("--connections-per-core-max", self.connections_per_core_max),
+            ("--statement-timeout-ms", self.statement_timeout_ms as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be at least 1"));

@@ -312,7 +312,12 @@ fn serve(config: ServeConfig) -> Result<(), String> {
     let storage = storage::start(
         StorageConfig {
             database,
-            batch: BatchLimits { events_max: config.batch_events_max, bytes_max: config.batch_bytes_max },
+            batch: BatchLimits {
+                events_max: config.batch_events_max,
+                bytes_max: config.batch_bytes_max,
+                statement_timeout: Duration::from_millis(config.statement_timeout_ms),
+            },
+            statement_timeout: Duration::from_millis(config.statement_timeout_ms),
             writers: config.writers,
             command_queue_max: config.command_queue_max,
             commands_in_flight_max: 256,

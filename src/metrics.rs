@@ -130,6 +130,9 @@ pub struct StorageMetrics {
     pub commit_seconds: Histogram,
     pub events_written: AtomicU64,
     pub batch_failures: AtomicU64,
+    /// Insert statements sent: one per batch, more only when PostgreSQL refused a
+    /// batch and its refused events were isolated by bisection.
+    pub batch_statements: AtomicU64,
 }
 
 impl Default for StorageMetrics {
@@ -139,11 +142,16 @@ impl Default for StorageMetrics {
             commit_seconds: Histogram::new(LATENCY_BUCKETS_SECONDS),
             events_written: AtomicU64::new(0),
             batch_failures: AtomicU64::new(0),
+            batch_statements: AtomicU64::new(0),
         }
     }
 }
 
 impl StorageMetrics {
+    pub fn statements(&self, statements: u64) {
+        bump(&self.batch_statements, statements);
+    }
+
     /// Called by the storage thread's writers, which share the thread: one writer at a time.
     pub fn batch(&self, events: usize, elapsed: Duration, failed: bool) {
         self.batch_size.observe(events as f64);
@@ -304,9 +312,12 @@ impl Registry {
             "# HELP triggerd_storage_events_written_total Events in committed batches (accepted or duplicate).\n\
              # TYPE triggerd_storage_events_written_total counter\ntriggerd_storage_events_written_total {}\n\
              # HELP triggerd_storage_batch_failures_total Batches that failed as a whole.\n\
-             # TYPE triggerd_storage_batch_failures_total counter\ntriggerd_storage_batch_failures_total {}\n",
+             # TYPE triggerd_storage_batch_failures_total counter\ntriggerd_storage_batch_failures_total {}\n\
+             # HELP triggerd_storage_batch_statements_total Insert statements sent for batches (more than one per batch only while isolating refused events).\n\
+             # TYPE triggerd_storage_batch_statements_total counter\ntriggerd_storage_batch_statements_total {}\n",
             storage.events_written.load(Ordering::Relaxed),
-            storage.batch_failures.load(Ordering::Relaxed)
+            storage.batch_failures.load(Ordering::Relaxed),
+            storage.batch_statements.load(Ordering::Relaxed)
         );
         out.push_str("# HELP triggerd_storage_batch_size_events Events per written batch.\n# TYPE triggerd_storage_batch_size_events histogram\n");
         let (counts, sum) = storage.batch_size.snapshot();

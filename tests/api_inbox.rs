@@ -246,10 +246,11 @@ fn inbox_queries_stay_index_scans_at_scale() {
         let limit = 101i64;
         let offset = 0i64;
         let cursor = uuid::Uuid::max();
+        let page_bytes = 4i64 << 20;
         let plan: Vec<String> = if view == InboxView::Undelivered {
-            client.query(&sql, &[&org_id, &cursor, &limit, &offset, &statuses])
+            client.query(&sql, &[&org_id, &cursor, &limit, &offset, &page_bytes, &statuses])
         } else {
-            client.query(&sql, &[&org_id, &cursor, &limit, &offset])
+            client.query(&sql, &[&org_id, &cursor, &limit, &offset, &page_bytes])
         }
         .unwrap()
         .iter()

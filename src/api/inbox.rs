@@ -22,6 +22,9 @@ pub const LIMIT_DEFAULT: i64 = 100;
 pub const LIMIT_MAX: i64 = 1000;
 /// Deepest `offset` accepted: an offset is a scan, cursors are the way to walk far.
 pub const OFFSET_MAX: i64 = 100_000;
+/// Most bytes of event JSON in one page (contract v2): 1000 events of 256 KiB would
+/// be 256 MiB in one response. A page cut by bytes still has a `next_cursor`.
+pub const PAGE_BYTES_MAX: i64 = 4 * 1024 * 1024;
 
 /// The decoded query string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,18 +127,30 @@ pub fn parse_params(query: Option<&str>) -> Result<InboxParams, ApiError> {
 pub async fn list(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
     let auth = authenticate(shard, request.api_key()).await?;
     let params = parse_params(request.query())?;
+    // Held until the page is written out: bounds the pages this core holds at once.
+    let slot = shard.take_page_slot().ok_or_else(super::overloaded)?;
     let query = InboxQuery {
         org_id: auth.org.id,
         view: params.view,
         before: params.before,
         limit: params.limit + 1,
         offset: params.offset,
+        bytes_max: PAGE_BYTES_MAX,
     };
     let mut events = ask(shard, |reply| Command::Inbox { query, reply }).await?;
-    let has_more = events.len() as i64 > params.limit;
-    events.truncate(params.limit as usize);
+    let shown = page_length(&events, params.limit as usize, PAGE_BYTES_MAX);
+    let has_more = events.len() > shown;
+    events.truncate(shown);
     write_page(&mut response.body, &events, has_more);
+    response.hold = Some(Box::new(slot));
     Ok(200)
+}
+
+/// How many of `events` (newest first, with their running page size) the page shows:
+/// at most `limit`, and no more than `bytes_max` of event JSON, but always the first
+/// one (a single event is far below the cap).
+fn page_length(events: &[InboxEvent], limit: usize, bytes_max: i64) -> usize {
+    events.iter().take(limit).enumerate().take_while(|(i, e)| *i == 0 || e.page_bytes <= bytes_max).count()
 }
 
 fn write_page(out: &mut Vec<u8>, events: &[InboxEvent], has_more: bool) {
@@ -167,6 +182,32 @@ fn write_page(out: &mut Vec<u8>, events: &[InboxEvent], has_more: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sized(page_bytes: &[i64]) -> Vec<InboxEvent> {
+        page_bytes
+            .iter()
+            .map(|&page_bytes| InboxEvent {
+                id: Uuid::nil(),
+                event_type: "t".into(),
+                payload: "{}".into(),
+                dedup_id: None,
+                status: "pending".into(),
+                attempts: 0,
+                created_at_micros: 0,
+                delivered_at_micros: None,
+                last_error: None,
+                page_bytes,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_are_cut_by_count_and_by_bytes() {
+        assert_eq!(page_length(&sized(&[10, 20, 30]), 2, 100), 2, "limit first");
+        assert_eq!(page_length(&sized(&[40, 80, 120]), 10, 100), 2, "bytes: the third would pass the cap");
+        assert_eq!(page_length(&sized(&[400, 500]), 10, 100), 1, "the first event is always shown");
+        assert_eq!(page_length(&sized(&[]), 10, 100), 0);
+    }
 
     fn field_of(query: &str) -> String {
         match parse_params(Some(query)) {

@@ -86,6 +86,7 @@ impl Connection {
         }
         let ok = self.stream.write_all(&self.output).await.is_ok();
         self.output.clear();
+        response::trim(&mut self.output);
         ok
     }
 
@@ -276,6 +277,7 @@ async fn serve_request<H: Handler>(
     let status = handler.handle(Request::new(&head, head_part, body), &mut c.response).await;
     let keep_alive = head.keep_alive && !drain.is_draining();
     response::write(&mut c.output, status, &c.response, !keep_alive, head.method == Method::Head);
+    let outsized = c.output.len() >= OUTPUT_FLUSH_BYTES;
     c.start = request_start + consumed;
     if c.start == c.end {
         c.start = 0;
@@ -289,8 +291,9 @@ async fn serve_request<H: Handler>(
         c.flush().await;
         return false;
     }
-    if c.output.len() >= OUTPUT_FLUSH_BYTES {
-        return c.flush().await;
-    }
-    true
+    let open = !outsized || c.flush().await;
+    // Written out (or, if small, copied into `output`): the response's hold and its
+    // outsized buffers can go.
+    c.response.release();
+    open
 }

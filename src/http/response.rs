@@ -57,6 +57,20 @@ fn with_date(out: &mut Vec<u8>) {
     });
 }
 
+/// Bytes a connection's buffers keep between requests; after an outsized response
+/// (an inbox page can be 4 MiB) they shrink back to this, so thousands of keep-alive
+/// connections do not each hold their largest response forever.
+pub const BUFFER_RETAINED_BYTES: usize = 64 * 1024;
+
+/// Shrinks `buffer` (which must be empty of anything still needed) back to
+/// `BUFFER_RETAINED_BYTES` when it grew beyond twice that.
+pub fn trim(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > 2 * BUFFER_RETAINED_BYTES {
+        buffer.clear();
+        buffer.shrink_to(BUFFER_RETAINED_BYTES);
+    }
+}
+
 /// A response being built by a handler: extra header lines (each ending in CRLF) and
 /// the body. Owned by the connection and reused for every request on it.
 #[derive(Default)]
@@ -67,6 +81,10 @@ pub struct ResponseBuf {
     pub body: Vec<u8>,
     /// Replaces the JSON content type when set.
     pub content_type: Option<&'static [u8]>,
+    /// Something the handler keeps alive until the response has been written out (a
+    /// share of a bounded budget, such as a large page's slot); dropped by the
+    /// connection after the write, or at the next request.
+    pub hold: Option<Box<dyn std::any::Any>>,
 }
 
 impl ResponseBuf {
@@ -74,6 +92,14 @@ impl ResponseBuf {
         self.headers.clear();
         self.body.clear();
         self.content_type = None;
+        self.hold = None;
+    }
+
+    /// Ends the response's life: drops its hold and gives back outsized buffers.
+    pub fn release(&mut self) {
+        self.hold = None;
+        trim(&mut self.body);
+        trim(&mut self.headers);
     }
 
     /// Appends `Name: value\r\n`.

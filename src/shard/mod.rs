@@ -6,7 +6,8 @@
 pub mod keytable;
 pub mod ratelimit;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ahash::AHashMap;
@@ -40,6 +41,23 @@ pub struct ShardParts {
     pub metrics: Arc<Registry>,
 }
 
+/// Inbox pages (up to 4 MiB of event JSON each, held twice while written: built and
+/// framed) this core may have in progress at once; beyond it a page request gets 503.
+/// With the storage core's own bound on concurrent page reads, this caps what pages
+/// cost in memory: 8 pages x 2 copies x ~4.3 MiB = ~70 MiB per core at worst.
+pub const PAGE_SLOTS_PER_CORE: usize = 8;
+
+/// One of this core's page slots; given back when dropped (once the page is written).
+pub struct PageSlot {
+    free: Rc<Cell<usize>>,
+}
+
+impl Drop for PageSlot {
+    fn drop(&mut self) {
+        self.free.set(self.free.get() + 1);
+    }
+}
+
 /// Waiters for a key that one request on this core is already resolving.
 pub type AuthWaiters = Vec<oneshot::Sender<Option<Arc<Org>>>>;
 
@@ -61,6 +79,8 @@ pub struct Shard {
     ids: RefCell<IdGenerator>,
     /// Requests served by this core, for request ids.
     requests: std::cell::Cell<u64>,
+    /// Page slots not taken (`PAGE_SLOTS_PER_CORE` at most).
+    page_slots: Rc<Cell<usize>>,
     /// The JSON gate's and simd-json's scratch space, reused by every request on this core.
     pub json: RefCell<crate::json::JsonScratch>,
 }
@@ -83,8 +103,19 @@ impl Shard {
             registry: parts.metrics,
             ids: RefCell::new(IdGenerator::seeded()),
             requests: std::cell::Cell::new(0),
+            page_slots: Rc::new(Cell::new(PAGE_SLOTS_PER_CORE)),
             json: RefCell::new(crate::json::JsonScratch::default()),
         }
+    }
+
+    /// Takes a page slot, `None` when all are in use (answer 503).
+    pub fn take_page_slot(&self) -> Option<PageSlot> {
+        let free = self.page_slots.get();
+        if free == 0 {
+            return None;
+        }
+        self.page_slots.set(free - 1);
+        Some(PageSlot { free: Rc::clone(&self.page_slots) })
     }
 
     /// A UUIDv7 for an event created at `now_micros`.

@@ -27,8 +27,8 @@ use crate::delivery::{DeliveryConfig, DeliveryControl, Engine, HANDOFF_QUEUE_MAX
 use crate::handoff::Handoff;
 use crate::metrics::{DeliveryMetrics, StorageMetrics};
 use crate::shard::ratelimit::RateWindow;
-pub use queries::Command;
 use queries::Statements;
+pub use queries::{Command, Lane};
 pub use writer::BatchLimits;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +60,14 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest a connection attempt may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Partition maintenance every `interval`, on a connection of its own.
+/// Partition maintenance every `interval`, and at once when a writer found a
+/// partition missing, on a connection of its own.
 async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig) {
     loop {
-        tokio::time::sleep(config.interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(config.interval) => {}
+            _ = db.partitions_wanted.notified() => {}
+        }
         let now = crate::http::date::unix_micros(std::time::SystemTime::now());
         let result = match db.connect().await {
             Ok(client) => retention::maintain(&client, now, &config).await,
@@ -101,6 +105,9 @@ async fn probe(db: Rc<Db>) {
 pub struct Db {
     config: tokio_postgres::Config,
     pub status: Arc<StorageStatus>,
+    /// Wakes partition maintenance before its interval (a write found a day's
+    /// partition missing).
+    pub partitions_wanted: tokio::sync::Notify,
 }
 
 impl Db {
@@ -122,10 +129,13 @@ pub struct StorageConfig {
     pub batch: BatchLimits,
     /// Writer tasks, each with its own connection (2: one commits while one fills).
     pub writers: usize,
-    /// Commands that may wait in the queue before HTTP cores get "overloaded".
+    /// Commands that may wait in each lane's queue before HTTP cores get "overloaded".
     pub command_queue_max: usize,
-    /// Commands executing at once (pipelined on the command connection).
+    /// Commands executing at once per lane (pipelined on the lane's connection).
     pub commands_in_flight_max: usize,
+    /// Longest a statement on the request path (writers, commands) may run; beyond
+    /// it PostgreSQL cancels it and the request gets 503.
+    pub statement_timeout: std::time::Duration,
     /// CPU to pin the storage thread to, if any.
     pub cpu: Option<usize>,
     /// Batch and commit metrics, written by the writers.
@@ -140,7 +150,8 @@ pub struct StorageConfig {
 /// What the HTTP cores hold to talk to the storage core. Cheap to clone.
 #[derive(Clone)]
 pub struct StorageHandle {
-    commands: mpsc::Sender<Command>,
+    /// One queue per `Lane`, indexed by it.
+    commands: [mpsc::Sender<Command>; 2],
     pub status: Arc<StorageStatus>,
     /// The delivery engine's shutdown switch and in-flight count.
     pub deliveries: Arc<DeliveryControl>,
@@ -153,7 +164,7 @@ pub struct QueueFull;
 impl StorageHandle {
     /// Queues a command without waiting; `QueueFull` means answer 503.
     pub fn send(&self, command: Command) -> Result<(), QueueFull> {
-        self.commands.try_send(command).map_err(|_| QueueFull)
+        self.commands[command.lane() as usize].try_send(command).map_err(|_| QueueFull)
     }
 }
 
@@ -174,11 +185,23 @@ pub struct LazyConnection<S> {
     db: Rc<Db>,
     current: RefCell<Option<Rc<Prepared<S>>>>,
     reopening: tokio::sync::Mutex<()>,
+    /// Set for request-path connections: every statement on them is bounded.
+    statement_timeout: Option<std::time::Duration>,
 }
 
 impl<S: PrepareStatements> LazyConnection<S> {
     pub fn new(db: Rc<Db>) -> LazyConnection<S> {
-        LazyConnection { db, current: RefCell::new(None), reopening: tokio::sync::Mutex::new(()) }
+        LazyConnection {
+            db,
+            current: RefCell::new(None),
+            reopening: tokio::sync::Mutex::new(()),
+            statement_timeout: None,
+        }
+    }
+
+    /// A connection whose statements PostgreSQL cancels after `timeout`.
+    pub fn with_statement_timeout(db: Rc<Db>, timeout: std::time::Duration) -> LazyConnection<S> {
+        LazyConnection { statement_timeout: Some(timeout), ..LazyConnection::new(db) }
     }
 
     fn open_one(&self) -> Option<Rc<Prepared<S>>> {
@@ -194,6 +217,9 @@ impl<S: PrepareStatements> LazyConnection<S> {
             return Ok(connection);
         }
         let client = self.db.connect().await?;
+        if let Some(timeout) = self.statement_timeout {
+            set_statement_timeout(&client, timeout).await?;
+        }
         let statements = S::prepare(&client).await?;
         let connection = Rc::new(Prepared { client, statements });
         *self.current.borrow_mut() = Some(Rc::clone(&connection));
@@ -201,20 +227,34 @@ impl<S: PrepareStatements> LazyConnection<S> {
     }
 }
 
+/// Bounds a session's statements (request-path connections).
+pub async fn set_statement_timeout(
+    client: &Client,
+    timeout: std::time::Duration,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(&format!("SET statement_timeout = {}", timeout.as_millis().max(1))).await
+}
+
+/// Inbox pages read at once; each holds up to ~4.3 MiB of rows on this thread.
+const INBOX_READS_MAX: usize = 16;
+
 /// State of the storage core, living on its thread.
 pub struct Storage {
     db: Rc<Db>,
     handoff: Arc<Handoff>,
-    /// The command connection, pipelining every command; reopened when it closes.
-    connection: LazyConnection<Statements>,
+    /// One command connection per `Lane`, indexed by it, pipelining that lane's
+    /// commands; reopened when it closes.
+    connections: [LazyConnection<Statements>; 2],
+    /// Inbox reads in progress at most (`INBOX_READS_MAX`).
+    inbox_reads: Semaphore,
     /// One rate window per organisation seen, shared by every core. Bounded by the
     /// number of organisations in the database.
     rate_windows: RefCell<AHashMap<Uuid, Arc<RateWindow>>>,
 }
 
 impl Storage {
-    async fn commands(&self) -> Result<Rc<Prepared<Statements>>, StorageError> {
-        Ok(self.connection.get().await?)
+    async fn commands(&self, lane: Lane) -> Result<Rc<Prepared<Statements>>, StorageError> {
+        Ok(self.connections[lane as usize].get().await?)
     }
 
     fn rate_window(&self, org_id: Uuid) -> Arc<RateWindow> {
@@ -234,7 +274,8 @@ pub enum StartError {
 
 /// Starts the storage core; returns once the database is reachable and migrated.
 pub fn start(config: StorageConfig, handoff: Arc<Handoff>) -> Result<StorageHandle, StartError> {
-    let (commands, receiver) = mpsc::channel(config.command_queue_max);
+    let (keys, keys_receiver) = mpsc::channel(config.command_queue_max);
+    let (reads, reads_receiver) = mpsc::channel(config.command_queue_max);
     let status = Arc::new(StorageStatus::default());
     let (ready, started) = std::sync::mpsc::channel::<Result<(), StartError>>();
     let thread_status = Arc::clone(&status);
@@ -252,10 +293,11 @@ pub fn start(config: StorageConfig, handoff: Arc<Handoff>) -> Result<StorageHand
             }
         };
         let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, run(config, handoff, thread_status, thread_deliveries, receiver, ready));
+        let receivers = [keys_receiver, reads_receiver];
+        local.block_on(&runtime, run(config, handoff, thread_status, thread_deliveries, receivers, ready));
     })?;
     started.recv().map_err(|_| StartError::Connect("the storage thread died during start-up".into()))??;
-    Ok(StorageHandle { commands, status, deliveries })
+    Ok(StorageHandle { commands: [keys, reads], status, deliveries })
 }
 
 async fn run(
@@ -263,12 +305,12 @@ async fn run(
     handoff: Arc<Handoff>,
     status: Arc<StorageStatus>,
     deliveries_control: Arc<DeliveryControl>,
-    mut receiver: mpsc::Receiver<Command>,
+    receivers: [mpsc::Receiver<Command>; 2],
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
     let mut database = config.database;
     database.connect_timeout(CONNECT_TIMEOUT);
-    let db = Rc::new(Db { config: database, status });
+    let db = Rc::new(Db { config: database, status, partitions_wanted: tokio::sync::Notify::new() });
     match db.connect().await {
         Ok(mut client) => {
             if let Err(e) = migrations::migrate(&mut client).await {
@@ -303,15 +345,24 @@ async fn run(
             deliveries.clone(),
         ));
     }
+    let timeout = config.statement_timeout;
     let storage = Rc::new(Storage {
         handoff,
-        connection: LazyConnection::new(Rc::clone(&db)),
+        connections: Lane::ALL.map(|_| LazyConnection::with_statement_timeout(Rc::clone(&db), timeout)),
+        inbox_reads: Semaphore::new(INBOX_READS_MAX),
         db,
         rate_windows: RefCell::new(AHashMap::new()),
     });
     tokio::task::spawn_local(listener::listen(Rc::clone(&storage)));
     let _ = ready.send(Ok(()));
-    let in_flight = Arc::new(Semaphore::new(config.commands_in_flight_max));
+    let [keys, reads] = receivers;
+    tokio::task::spawn_local(serve_lane(Rc::clone(&storage), keys, config.commands_in_flight_max));
+    serve_lane(storage, reads, config.commands_in_flight_max).await;
+}
+
+/// Runs one lane's commands as they arrive, at most `in_flight_max` at once.
+async fn serve_lane(storage: Rc<Storage>, mut receiver: mpsc::Receiver<Command>, in_flight_max: usize) {
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
     while let Some(command) = receiver.recv().await {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
         let storage = Rc::clone(&storage);

@@ -42,6 +42,19 @@ pub struct NewKeyForOrg {
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
+/// The queue and connection a command uses. Key lookups, sign-ups and rotations have
+/// their own, so they never wait behind inbox reads and acknowledgements (which a
+/// tenant can make slow); each query below names the lane of its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Keys = 0,
+    Reads = 1,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Keys, Lane::Reads];
+}
+
 /// A request for the storage core, answered on its `reply`.
 pub enum Command {
     LookupKey {
@@ -87,6 +100,15 @@ pub enum Command {
     },
 }
 
+impl Command {
+    pub fn lane(&self) -> Lane {
+        match self {
+            Command::LookupKey { .. } | Command::CreateOrg { .. } | Command::RotateKey { .. } => Lane::Keys,
+            _ => Lane::Reads,
+        }
+    }
+}
+
 /// Which events an inbox page lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InboxView {
@@ -108,6 +130,9 @@ pub struct InboxQuery {
     /// Rows to return (the caller asks one more than it shows, to know if a next page exists).
     pub limit: i64,
     pub offset: i64,
+    /// Bytes of event JSON the page may hold; the first row beyond is returned too,
+    /// so the caller knows the page was cut.
+    pub bytes_max: i64,
 }
 
 /// An event as the inbox lists it.
@@ -124,6 +149,9 @@ pub struct InboxEvent {
     pub delivered_at_micros: Option<i64>,
     /// The last delivery attempt's error, if the last attempt failed.
     pub last_error: Option<String>,
+    /// Bytes of event JSON in the page up to and including this event (approximate:
+    /// the text of its fields plus a fixed allowance for the rest).
+    pub page_bytes: i64,
 }
 
 const MICROS: &str = "(extract(epoch FROM {}) * 1000000)::int8";
@@ -150,28 +178,51 @@ pub struct Statements {
 }
 
 /// The SQL of the inbox page query for a view (public so a test can EXPLAIN it).
-/// Parameters: $1 org_id, $2 cursor id, $3 limit, $4 offset, and for the undelivered
-/// views $5 the statuses. The literal `status <> 'delivered'` lets the planner use the
-/// partial index.
+/// Parameters: $1 org_id, $2 cursor id, $3 limit, $4 offset, $5 page bytes, and for
+/// the undelivered views $6 the statuses. The literal `status <> 'delivered'` lets the
+/// planner use the partial index.
 pub fn inbox_view_sql(view: InboxView) -> String {
     match view {
         InboxView::Undelivered | InboxView::Pending | InboxView::Failed => {
-            inbox_sql("AND status <> 'delivered' AND status = ANY($5::text[])")
+            inbox_sql("AND status <> 'delivered' AND status = ANY($6::text[])")
         }
         InboxView::Delivered => inbox_sql("AND status = 'delivered'"),
         InboxView::All => inbox_sql(""),
     }
 }
 
+/// Bytes an event's fields other than its texts take in a page, at most: id, status,
+/// counts, timestamps, names and punctuation.
+pub const INBOX_EVENT_OVERHEAD_BYTES: i64 = 256;
+
 /// The columns an inbox page returns, and its order. `id < $2` is the cursor (the
-/// largest UUID when there is none); id order is (created_at, id) order.
+/// largest UUID when there is none); id order is (created_at, id) order. The page is
+/// cut where its running size passes $5 bytes: the innermost query reads at most
+/// `limit` rows in index order (its payload text once), the window sums their sizes
+/// as they stream, and the outer filter keeps every row that starts below the cap (the
+/// first one beyond it tells the caller there is more), so the database never sends,
+/// nor this process holds, much more than one page of bytes.
 fn inbox_sql(filter: &str) -> String {
     format!(
-        "SELECT id, type, payload::text, dedup_id, status, attempts, {}, {}, last_error
-         FROM events
-         WHERE org_id = $1 AND id < $2 {filter}
-         ORDER BY id DESC
-         LIMIT $3 OFFSET $4",
+        "SELECT id, type, payload, dedup_id, status, attempts, created_us, delivered_us, last_error, running
+         FROM (
+             SELECT page.*, sum(page.bytes) OVER (ORDER BY page.id DESC ROWS UNBOUNDED PRECEDING) AS running
+             FROM (
+                 SELECT id, type, payload, dedup_id, status, attempts, created_us, delivered_us, last_error,
+                        octet_length(payload) + octet_length(type) + coalesce(octet_length(dedup_id), 0)
+                            + coalesce(octet_length(last_error), 0) + {INBOX_EVENT_OVERHEAD_BYTES} AS bytes
+                 FROM (
+                     SELECT id, type, payload::text AS payload, dedup_id, status, attempts,
+                            {} AS created_us, {} AS delivered_us, last_error
+                     FROM events
+                     WHERE org_id = $1 AND id < $2 {filter}
+                     ORDER BY id DESC
+                     LIMIT $3 OFFSET $4
+                 ) rows
+             ) page
+         ) sized
+         WHERE running - bytes < $5::int8
+         ORDER BY id DESC",
         micros("created_at"),
         micros("delivered_at")
     )
@@ -300,7 +351,9 @@ impl Storage {
     }
 
     async fn inbox(&self, query: InboxQuery) -> Result<Vec<InboxEvent>, StorageError> {
-        let connection = self.commands().await?;
+        // Bounds the pages this core holds at once (each up to ~4.3 MiB of rows).
+        let _permit = self.inbox_reads.acquire().await.map_err(|_| StorageError::Corrupt("closed".into()))?;
+        let connection = self.commands(Lane::Reads).await?;
         let before = query.before.unwrap_or(Uuid::max());
         let statements = &connection.statements;
         let statuses: &[&str] = match query.view {
@@ -309,30 +362,14 @@ impl Storage {
             InboxView::Failed => &["failed"],
             InboxView::Delivered | InboxView::All => &[],
         };
+        let page: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&query.org_id, &before, &query.limit, &query.offset, &query.bytes_max];
         let rows = match query.view {
-            InboxView::Delivered => {
-                connection
-                    .client
-                    .query(
-                        &statements.inbox_delivered,
-                        &[&query.org_id, &before, &query.limit, &query.offset],
-                    )
-                    .await?
-            }
-            InboxView::All => {
-                connection
-                    .client
-                    .query(&statements.inbox_all, &[&query.org_id, &before, &query.limit, &query.offset])
-                    .await?
-            }
+            InboxView::Delivered => connection.client.query(&statements.inbox_delivered, &page).await?,
+            InboxView::All => connection.client.query(&statements.inbox_all, &page).await?,
             _ => {
-                connection
-                    .client
-                    .query(
-                        &statements.inbox_undelivered,
-                        &[&query.org_id, &before, &query.limit, &query.offset, &statuses],
-                    )
-                    .await?
+                let parameters = [page[0], page[1], page[2], page[3], page[4], &statuses];
+                connection.client.query(&statements.inbox_undelivered, &parameters).await?
             }
         };
         rows.iter()
@@ -347,13 +384,14 @@ impl Storage {
                     created_at_micros: row.try_get(6)?,
                     delivered_at_micros: row.try_get(7)?,
                     last_error: row.try_get(8)?,
+                    page_bytes: row.try_get(9)?,
                 })
             })
             .collect()
     }
 
     async fn ack_one(&self, org_id: Uuid, id: Uuid) -> Result<Option<i64>, StorageError> {
-        let connection = self.commands().await?;
+        let connection = self.commands(Lane::Reads).await?;
         let statements = &connection.statements;
         if let Some(row) = connection.client.query_opt(&statements.ack_one, &[&org_id, &id]).await? {
             return Ok(Some(row.try_get(0)?));
@@ -365,7 +403,7 @@ impl Storage {
     }
 
     async fn ack_many(&self, org_id: Uuid, ids: Vec<Uuid>) -> Result<Vec<Uuid>, StorageError> {
-        let connection = self.commands().await?;
+        let connection = self.commands(Lane::Reads).await?;
         let statements = &connection.statements;
         let mut acknowledged: Vec<Uuid> = Vec::with_capacity(ids.len());
         for row in connection.client.query(&statements.ack_many, &[&org_id, &ids]).await? {
@@ -385,7 +423,7 @@ impl Storage {
         org_id: Uuid,
         url: Option<String>,
     ) -> Result<Option<(String, i64)>, StorageError> {
-        let connection = self.commands().await?;
+        let connection = self.commands(Lane::Reads).await?;
         if url.is_none() {
             // Pending deliveries stop being due: push is off, the events wait for pull.
             connection.client.execute(&connection.statements.stop_deliveries, &[&org_id]).await?;
@@ -395,7 +433,7 @@ impl Storage {
     }
 
     async fn lookup_key(&self, lookup_id: i64) -> Result<Vec<KeyCandidate>, StorageError> {
-        let connection = self.commands().await?;
+        let connection = self.commands(Lane::Keys).await?;
         let rows = connection.client.query(&connection.statements.lookup_key, &[&lookup_id]).await?;
         rows.iter()
             .map(|row| {
@@ -418,7 +456,7 @@ impl Storage {
     }
 
     async fn create_org(&self, new: NewOrg) -> Result<Arc<Org>, StorageError> {
-        let connection = self.commands().await?;
+        let connection = self.commands(Lane::Keys).await?;
         let org_id = Uuid::now_v7();
         let limit = new.tier.rate_limit_per_minute() as i32;
         let row = connection
@@ -448,7 +486,7 @@ impl Storage {
     }
 
     async fn rotate_key(&self, new: NewKeyForOrg) -> Result<Option<i64>, StorageError> {
-        let connection = self.commands().await?;
+        let connection = self.commands(Lane::Keys).await?;
         let row = connection
             .client
             .query_opt(
@@ -489,7 +527,7 @@ impl Storage {
     }
 
     async fn get_org(&self, org_id: Uuid) -> Result<Option<OrgView>, StorageError> {
-        let connection = self.commands().await?;
+        let connection = self.commands(Lane::Reads).await?;
         let Some(row) = connection.client.query_opt(&connection.statements.get_org, &[&org_id]).await? else {
             return Ok(None);
         };

@@ -66,6 +66,8 @@ const FIND_CLAIM_SQL: &str = "SELECT event_id FROM event_dedup WHERE org_id = $1
 pub struct BatchLimits {
     pub events_max: usize,
     pub bytes_max: usize,
+    /// Longest the batch's statements may run before PostgreSQL cancels them (503).
+    pub statement_timeout: Duration,
 }
 
 struct WriterConnection {
@@ -103,7 +105,7 @@ pub async fn run(
         if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
             connection = None;
             if Instant::now() >= next_attempt {
-                match connect(&db).await {
+                match connect(&db, limits.statement_timeout).await {
                     Ok(c) => {
                         connection = Some(c);
                         delay = RECONNECT_DELAY_MIN;
@@ -119,7 +121,15 @@ pub async fn run(
         let started = Instant::now();
         let mut to_push = Vec::new();
         let outcomes = match &connection {
-            Some(c) => write_batch(c, &batch, &mut to_push).await,
+            Some(c) => {
+                let written = write_batch(c, &batch, &mut to_push).await;
+                metrics.statements(written.statements);
+                if written.partition_missing {
+                    // Maintenance creates it now; the clients retry after Retry-After.
+                    db.partitions_wanted.notify_one();
+                }
+                written.outcomes
+            }
             None => vec![Outcome::Unavailable; batch.len()],
         };
         // Committed: hand the events to push to the engine. If its queue is full they
@@ -148,19 +158,36 @@ pub async fn run(
     }
 }
 
-async fn connect(db: &Db) -> Result<WriterConnection, tokio_postgres::Error> {
+async fn connect(db: &Db, statement_timeout: Duration) -> Result<WriterConnection, tokio_postgres::Error> {
     let client = db.connect().await?;
+    super::set_statement_timeout(&client, statement_timeout).await?;
     let insert = client.prepare(INSERT_BATCH_SQL).await?;
     let find_claim = client.prepare(FIND_CLAIM_SQL).await?;
     Ok(WriterConnection { client, insert, find_claim })
 }
 
-/// Writes one batch; returns one outcome per record, in order.
+/// What writing one batch came to.
+struct BatchWrite {
+    /// One per record, in order.
+    outcomes: Vec<Outcome>,
+    /// Insert statements sent (1 unless PostgreSQL refused the batch).
+    statements: u64,
+    /// The batch failed because a daily partition does not exist.
+    partition_missing: bool,
+}
+
+impl BatchWrite {
+    fn unavailable(events: usize, statements: u64, partition_missing: bool) -> BatchWrite {
+        BatchWrite { outcomes: vec![Outcome::Unavailable; events], statements, partition_missing }
+    }
+}
+
+/// Writes one batch.
 async fn write_batch(
     connection: &WriterConnection,
     batch: &[(usize, EventRecord)],
     to_push: &mut Vec<(Uuid, Uuid)>,
-) -> Vec<Outcome> {
+) -> BatchWrite {
     let started = Instant::now();
     // Two events of one organisation with one dedup_id in the same batch: only the
     // first goes to PostgreSQL (ON CONFLICT cannot touch a row twice in a statement);
@@ -180,28 +207,28 @@ async fn write_batch(
     }
 
     let mut outcomes = vec![Outcome::Accepted; batch.len()];
+    let mut statements = 1;
     match insert(connection, batch, &primaries, &mut outcomes, to_push).await {
         Ok(()) => {}
+        Err(e) if is_missing_partition(&e) => {
+            tracing::warn!(error = %e, "no partition for this batch's day; creating it, the batch is retried by its clients");
+            return BatchWrite::unavailable(batch.len(), statements, true);
+        }
         Err(e) if is_data_error(&e) => {
-            // One event's data broke the statement (the batch rolled back as a whole):
-            // write each event alone so only the bad one is refused.
-            tracing::warn!(error = %e, events = primaries.len(), "batch refused; writing its events one by one");
-            for &index in &primaries {
-                if let Err(e) = insert(connection, batch, &[index], &mut outcomes, to_push).await {
-                    outcomes[index] = match e.as_db_error() {
-                        Some(db_error) if is_data_error(&e) => {
-                            Outcome::Rejected { message: db_error.message().to_owned() }
-                        }
-                        // Anything else (a killed backend, a lost connection) is not
-                        // this event's fault: a 503, never a 400.
-                        _ => Outcome::Unavailable,
-                    };
-                }
+            // The JSON gate admits only what PostgreSQL stores, so this is a defence:
+            // find the refused events by bisection, never one commit per event.
+            tracing::warn!(error = %e, events = primaries.len(), "batch refused; isolating the refused events");
+            let isolated = isolate_refused(connection, batch, &primaries, &mut outcomes, to_push).await;
+            statements += isolated.statements;
+            if let Err(e) = isolated.result {
+                tracing::error!(error = %e, "batch write failed while isolating refused events");
+                to_push.clear();
+                return BatchWrite::unavailable(batch.len(), statements, is_missing_partition(&e));
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "batch write failed");
-            return vec![Outcome::Unavailable; batch.len()];
+            return BatchWrite::unavailable(batch.len(), statements, false);
         }
     }
     for (index, first) in follows.iter().enumerate() {
@@ -217,7 +244,76 @@ async fn write_batch(
         commit_us = started.elapsed().as_micros() as u64,
         "batch committed"
     );
-    outcomes
+    BatchWrite { outcomes, statements, partition_missing: false }
+}
+
+/// The result of `isolate_refused` and the statements it sent.
+struct Isolated {
+    result: Result<(), tokio_postgres::Error>,
+    statements: u64,
+}
+
+/// Writes `indexes` in one transaction, splitting every part that PostgreSQL refuses
+/// for its data in two (a savepoint per part) until the refused events stand alone:
+/// one bad event among n costs about 2·log2(n) statements, and every other event
+/// commits with the rest of its group in one commit. `Err` (everything rolled back)
+/// on any error that is not the data's.
+async fn isolate_refused(
+    connection: &WriterConnection,
+    batch: &[(usize, EventRecord)],
+    indexes: &[usize],
+    outcomes: &mut [Outcome],
+    to_push: &mut Vec<(Uuid, Uuid)>,
+) -> Isolated {
+    let mut statements = 0;
+    let client = &connection.client;
+    let result = async {
+        client.batch_execute("BEGIN").await?;
+        // The whole set was just refused: start from its halves.
+        let mut parts: Vec<&[usize]> = Vec::new();
+        let (left, right) = indexes.split_at(indexes.len() / 2);
+        parts.extend([right, left].into_iter().filter(|part| !part.is_empty()));
+        while let Some(part) = parts.pop() {
+            let pushed = to_push.len();
+            client.batch_execute("SAVEPOINT part").await?;
+            statements += 1;
+            match insert(connection, batch, part, outcomes, to_push).await {
+                Ok(()) => client.batch_execute("RELEASE SAVEPOINT part").await?,
+                Err(e) if is_data_error(&e) && !is_missing_partition(&e) => {
+                    client.batch_execute("ROLLBACK TO SAVEPOINT part").await?;
+                    to_push.truncate(pushed);
+                    part.iter().for_each(|&i| outcomes[i] = Outcome::Accepted);
+                    match part {
+                        [only] => {
+                            let message =
+                                e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_owned());
+                            outcomes[*only] = Outcome::Rejected { message };
+                        }
+                        _ => {
+                            let (left, right) = part.split_at(part.len() / 2);
+                            parts.extend([right, left]);
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        client.batch_execute("COMMIT").await
+    }
+    .await;
+    if result.is_err() && !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    Isolated { result, statements }
+}
+
+/// A row for a day without a partition: SQLSTATE 23514 (check_violation) raised by
+/// tuple routing, which names no constraint (a real CHECK violation names its own).
+/// Maintenance fell behind or the clock jumped; not the event's fault.
+fn is_missing_partition(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::CHECK_VIOLATION && db.constraint().is_none()
+    })
 }
 
 /// True for errors caused by the data of an event: SQLSTATE classes 22 (data
