@@ -118,6 +118,23 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
     pub statement_timeout_ms: u64,
 
+    /// Failed API key checks one lookup id (the key's first part) may cause per minute
+    /// on each HTTP core before further checks of it are refused with 429, without
+    /// reaching the database or Argon2. Checks in flight count too. 0 turns it off.
+    #[arg(long, env = "TRIGGERD_KEY_FAILURES_PER_ID_MAX", default_value_t = 5)]
+    pub key_failures_per_id_max: u32,
+
+    /// Failed API key checks one client address (IPv6: its /64) may cause per minute
+    /// on each HTTP core, likewise. Behind a proxy every client shares its address:
+    /// raise it or turn it off (0) there.
+    #[arg(long, env = "TRIGGERD_KEY_FAILURES_PER_ADDRESS_MAX", default_value_t = 20)]
+    pub key_failures_per_address_max: u32,
+
+    /// Sign-ups (POST /api/keys/generate) one client address may make per minute on
+    /// each HTTP core; each costs an Argon2 hash. 0 turns it off.
+    #[arg(long, env = "TRIGGERD_SIGNUPS_PER_ADDRESS_MAX", default_value_t = 10)]
+    pub signups_per_address_max: u32,
+
     /// Commands (key lookups, sign-ups, reads) that may queue for the storage core.
     #[arg(long, env = "TRIGGERD_COMMAND_QUEUE_MAX", default_value_t = 1024)]
     pub command_queue_max: usize,

@@ -345,6 +345,9 @@ fn serve(config: ServeConfig) -> Result<(), String> {
             admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
             key_cache_max: config.key_cache_max,
             negative_cache_max: config.negative_cache_max,
+            key_failures_per_id_max: config.key_failures_per_id_max,
+            key_failures_per_address_max: config.key_failures_per_address_max,
+            signups_per_address_max: config.signups_per_address_max,
         }),
     };
     let limits = ConnectionLimits {

@@ -92,6 +92,12 @@ pub struct CoreMetrics {
     pub events_invalid: AtomicU64,
     pub auth_cache_hits: AtomicU64,
     pub auth_cache_misses: AtomicU64,
+    /// Key checks that found the key wrong or unknown.
+    pub auth_failures: AtomicU64,
+    /// Key checks refused by a throttle before any database or Argon2 work.
+    pub auth_throttled: AtomicU64,
+    /// Argon2 verifications submitted to the pool.
+    pub auth_argon2_verifications: AtomicU64,
 }
 
 impl Default for CoreMetrics {
@@ -106,6 +112,9 @@ impl Default for CoreMetrics {
             events_invalid: AtomicU64::new(0),
             auth_cache_hits: AtomicU64::new(0),
             auth_cache_misses: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            auth_throttled: AtomicU64::new(0),
+            auth_argon2_verifications: AtomicU64::new(0),
         }
     }
 }
@@ -266,7 +275,7 @@ impl Registry {
                 sum,
             );
         }
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "triggerd_events_accepted_total",
                 "Events committed and answered 202.",
@@ -301,6 +310,21 @@ impl Registry {
                 "triggerd_auth_cache_misses_total",
                 "API keys resolved through the database and Argon2.",
                 self.sum(|c| &c.auth_cache_misses),
+            ),
+            (
+                "triggerd_auth_failures_total",
+                "Key checks that found the key wrong or unknown.",
+                self.sum(|c| &c.auth_failures),
+            ),
+            (
+                "triggerd_auth_throttled_total",
+                "Key checks refused (429) for too many failures per key id or address, before any database or Argon2 work.",
+                self.sum(|c| &c.auth_throttled),
+            ),
+            (
+                "triggerd_auth_argon2_verifications_total",
+                "Argon2 verifications of presented keys.",
+                self.sum(|c| &c.auth_argon2_verifications),
             ),
         ];
         for (name, help, value) in counters {

@@ -333,3 +333,140 @@ fn request_path_statements_are_bounded_by_a_timeout() {
     response.assert_error(503, "overloaded");
     assert!(response.header("Retry-After").is_some());
 }
+
+/// A key with `org`'s lookup id and a random secret: wrong, but it finds a row, so
+/// without a throttle each one costs an Argon2 verification.
+fn forged_key(org: &Org, n: usize) -> String {
+    format!("{}{:064x}", &org.key[..19], 0xdead_beef_u128 * (n as u128 + 1))
+}
+
+#[test]
+fn wrong_keys_for_one_id_stop_before_argon2_and_other_tenants_get_in() {
+    // Regression: 200 requests with a tenant's own lookup id and random secrets each
+    // cost an Argon2 check on a 1-thread, 64-deep pool; other tenants' first requests
+    // after a restart waited up to 8 s and the attacker got 503s from the shared queue.
+    let server = Server::start(&["--key-failures-per-address-max", "0"]);
+    let attacker = server.generate("attacker", "pro");
+    let victims: Vec<Org> = (0..4)
+        .map(|i| {
+            let org = server.generate(&format!("victim-{i}"), "pro");
+            let rotated = server.request("POST", "/api/keys/rotate", &org.headers(), Some(""));
+            // A key no core has cached yet, like every key after a restart.
+            Org { id: org.id, key: rotated.json()["api_key"].as_str().unwrap().to_string() }
+        })
+        .collect();
+    let verifications_before = metric(&server, "triggerd_auth_argon2_verifications_total");
+    let attack: Vec<_> = (0..8)
+        .map(|thread| {
+            let (addr, keys) =
+                (server.addr, (0..25).map(|i| forged_key(&attacker, thread * 25 + i)).collect::<Vec<_>>());
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                for key in keys {
+                    let headers = [("X-API-Key", key.as_str())];
+                    statuses.push(Conn::new(addr).request("GET", "/api/keys", &headers, None).status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for victim in &victims {
+        let response = server.request("GET", "/api/keys", &victim.headers(), None);
+        assert_eq!(response.status, 200, "a victim's first request: {}", response.text());
+    }
+    let statuses: Vec<u16> = attack.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused >= 200 - 2 * 5, "at most 5 checks of one id per core per minute: {refused} refused");
+    let verifications = metric(&server, "triggerd_auth_argon2_verifications_total") - verifications_before;
+    assert!(verifications <= 2.0 * 5.0 + victims.len() as f64 * 2.0, "{verifications} Argon2 verifications");
+    let throttled =
+        server.request("GET", "/api/keys", &[("X-API-Key", forged_key(&attacker, 999).as_str())], None);
+    let json = throttled.assert_error(429, "rate_limited");
+    assert!(json["message"].as_str().unwrap().contains("API key id"), "{json}");
+    assert!(throttled.header("Retry-After").is_some());
+    // The attacker's real key is cached and unaffected.
+    assert_eq!(server.request("GET", "/api/keys", &attacker.headers(), None).status, 200);
+}
+
+#[test]
+fn acknowledged_events_leave_the_delivery_schedule() {
+    // Regression: an acknowledged event kept next_attempt_at and stayed due for
+    // delivery scans forever; an attempt in flight during the ack rescheduled it.
+    use common::receiver::{eventually, Receiver, Reply};
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Hang);
+    let server = Server::start_on(
+        &database.url,
+        &["--webhook-allow-private", "--webhook-timeout-ms", "300", "--delivery-lease-ms", "5000"],
+    );
+    let org = server.generate("acker", "pro");
+    let body = format!(r#"{{"webhook_url":"{}"}}"#, receiver.url());
+    assert_eq!(server.request("POST", "/api/webhook/config", &org.headers(), Some(&body)).status, 200);
+    let response = org.post_event(&server, r#"{"type":"t","payload":{}}"#);
+    let id = response.json()["id"].as_str().unwrap().to_string();
+    receiver.next(std::time::Duration::from_secs(30));
+    // The attempt is in flight (the receiver holds it); the consumer acks meanwhile.
+    let ack = server.request("POST", &format!("/api/ack/{id}"), &org.headers(), Some(""));
+    assert_eq!(ack.status, 200);
+    let id: uuid::Uuid = id.parse().unwrap();
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut state = || -> (bool, bool, String) {
+        let row = client
+            .query_one(
+                "SELECT lease_owner IS NULL, next_attempt_at IS NULL, status FROM events WHERE id = $1",
+                &[&id],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    eventually(std::time::Duration::from_secs(30), "the attempt in flight is recorded", || state().0);
+    assert_eq!(state(), (true, true, "delivered".to_string()), "off the schedule, still delivered");
+}
+
+#[test]
+fn black_holed_receivers_hold_only_their_organisations_share() {
+    use common::receiver::{Receiver, Reply};
+    let database = FreshDatabase::new();
+    let black_hole = Receiver::start(|_| Reply::Hang);
+    let fast = Receiver::start(|_| Reply::Status(204));
+    let server = Server::start_on(
+        &database.url,
+        &[
+            "--webhook-allow-private",
+            "--delivery-poll-ms",
+            "50",
+            "--deliveries-per-org-max",
+            "3",
+            "--webhook-timeout-ms",
+            "60000",
+            "--delivery-lease-ms",
+            "120000",
+        ],
+    );
+    let configure = |org: &Org, url: String| {
+        let body = format!(r#"{{"webhook_url":"{url}"}}"#);
+        assert_eq!(server.request("POST", "/api/webhook/config", &org.headers(), Some(&body)).status, 200);
+    };
+    let attacker = server.generate("black-hole", "pro");
+    configure(&attacker, black_hole.url());
+    let victim = server.generate("fast", "pro");
+    configure(&victim, fast.url());
+    for i in 0..40 {
+        assert_eq!(
+            attacker.post_event(&server, &format!(r#"{{"type":"t","payload":{{"i":{i}}}}}"#)).status,
+            202
+        );
+    }
+    for _ in 0..3 {
+        black_hole.next(std::time::Duration::from_secs(30));
+    }
+    // Every attempt the black hole holds is still hanging; the victim's event goes out.
+    assert_eq!(victim.post_event(&server, r#"{"type":"t","payload":{}}"#).status, 202);
+    fast.next(std::time::Duration::from_secs(30));
+    assert_eq!(
+        black_hole.count.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "never more than its share in flight"
+    );
+}

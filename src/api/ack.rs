@@ -21,7 +21,7 @@ pub async fn one(
     id: &str,
     response: &mut ResponseBuf,
 ) -> Result<u16, ApiError> {
-    let auth = authenticate(shard, request.api_key()).await?;
+    let auth = authenticate(shard, &request).await?;
     let id = Uuid::try_parse(id).map_err(|_| ApiError::invalid("id", "id must be an event id (a UUID)"))?;
     let org_id = auth.org.id;
     let acknowledged_at = ask(shard, |reply| Command::AckOne { org_id, id, reply })
@@ -60,7 +60,7 @@ fn decode_ids(mut request: Request<'_>, shard: &Shard) -> Result<Vec<Uuid>, ApiE
 }
 
 pub async fn many(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
-    let auth = authenticate(shard, request.api_key()).await?;
+    let auth = authenticate(shard, &request).await?;
     let ids = decode_ids(request, shard)?;
     let org_id = auth.org.id;
     let acknowledged = if ids.is_empty() {

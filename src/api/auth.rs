@@ -15,6 +15,8 @@ use super::error::ApiError;
 use super::overloaded;
 use crate::auth::keys::{key_digest, parse_lookup_id};
 use crate::auth::pool::{Answer, Work};
+use crate::auth::throttle::{address_key, Refused};
+use crate::http::Request;
 use crate::metrics::CoreMetrics;
 use crate::model::Org;
 use crate::shard::keytable::Lookup;
@@ -34,8 +36,8 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-pub async fn authenticate(shard: &Shard, key: Option<&[u8]>) -> Result<Authenticated, ApiError> {
-    let key = key.ok_or(ApiError::Unauthorized)?;
+pub async fn authenticate(shard: &Shard, request: &Request<'_>) -> Result<Authenticated, ApiError> {
+    let key = request.api_key().ok_or(ApiError::Unauthorized)?;
     let lookup_id = parse_lookup_id(key).ok_or(ApiError::Unauthorized)?;
     let digest = key_digest(key);
     for _ in 0..RESOLVE_ATTEMPTS_MAX {
@@ -70,8 +72,11 @@ pub async fn authenticate(shard: &Shard, key: Option<&[u8]>) -> Result<Authentic
             },
             None => {
                 let guard = ResolvingGuard { shard, digest };
+                // Refused here, a flood of wrong keys never reaches the database or Argon2.
+                let check = KeyCheck::begin(shard, lookup_id, request.peer)?;
                 let epoch = shard.keys.borrow().epoch();
                 let result = resolve(shard, key, lookup_id).await;
+                check.end(matches!(result, Ok(None)));
                 let verdict = result.as_ref().ok().cloned().flatten();
                 let cached = match &result {
                     Ok(Some(org)) => {
@@ -97,6 +102,73 @@ pub async fn authenticate(shard: &Shard, key: Option<&[u8]>) -> Result<Authentic
         };
     }
     Err(overloaded())
+}
+
+/// A throttle's refusal as the API's 429.
+pub fn throttled(verdict: Result<(), Refused>, what: &'static str) -> Result<(), ApiError> {
+    verdict.map_err(|refused| ApiError::Throttled {
+        what,
+        retry_after_secs: crate::shard::ratelimit::reset_secs(refused.retry_after_ms),
+    })
+}
+
+/// One key check that may cost the database and Argon2, counted against its lookup id
+/// and its client address (`auth::throttle`) from `begin` until `end` (or drop: a
+/// request that went away counts as not failed).
+struct KeyCheck<'a> {
+    shard: &'a Shard,
+    lookup_id: i64,
+    address: u128,
+    ended: bool,
+}
+
+impl<'a> KeyCheck<'a> {
+    fn begin(shard: &'a Shard, lookup_id: i64, peer: std::net::IpAddr) -> Result<KeyCheck<'a>, ApiError> {
+        let now = now_ms();
+        let address = address_key(peer);
+        let mut throttles = shard.throttles.borrow_mut();
+        let by_id = throttles.key_failures_by_id.begin(lookup_id, now);
+        let by_address = by_id.and_then(|()| {
+            let verdict = throttles.key_failures_by_address.begin(address, now);
+            if verdict.is_err() {
+                throttles.key_failures_by_id.end(lookup_id, now, false);
+            }
+            verdict
+        });
+        if by_address.is_err() {
+            CoreMetrics::count(&shard.metrics.auth_throttled, 1);
+            let what = match by_id {
+                Err(_) => "too many failed checks of this API key id",
+                Ok(()) => "too many failed API key checks from this address",
+            };
+            throttled(by_address, what)?;
+        }
+        Ok(KeyCheck { shard, lookup_id, address, ended: false })
+    }
+
+    /// `failed`: the key was wrong or unknown.
+    fn end(mut self, failed: bool) {
+        self.finish(failed);
+    }
+
+    fn finish(&mut self, failed: bool) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let now = now_ms();
+        let mut throttles = self.shard.throttles.borrow_mut();
+        throttles.key_failures_by_id.end(self.lookup_id, now, failed);
+        throttles.key_failures_by_address.end(self.address, now, failed);
+        if failed {
+            CoreMetrics::count(&self.shard.metrics.auth_failures, 1);
+        }
+    }
+}
+
+impl Drop for KeyCheck<'_> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
 }
 
 /// Removes the single-flight entry however the resolving request ends, answering the
@@ -136,6 +208,7 @@ async fn resolve(shard: &Shard, key: &[u8], lookup_id: i64) -> Result<Option<Arc
     })?;
     for candidate in candidates {
         let work = Work::Verify { key: key.to_vec(), stored: candidate.key_hash };
+        CoreMetrics::count(&shard.metrics.auth_argon2_verifications, 1);
         let answer = shard.hash_pool.try_submit(work).map_err(|_| overloaded())?;
         if let Ok(Answer::Verified(true)) = answer.await {
             return Ok(Some(candidate.org));

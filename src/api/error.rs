@@ -28,6 +28,9 @@ pub enum ApiError {
     DuplicateEvent { event_id: Uuid, dedup_id: String },
     #[error("the organisation's rate limit is exhausted; retry after the window resets")]
     RateLimited { retry_after_secs: u64 },
+    /// Costly work refused for fairness (failed key checks, sign-ups, rotations).
+    #[error("{what}; retry after {retry_after_secs} s")]
+    Throttled { what: &'static str, retry_after_secs: u64 },
     #[error("the request head exceeds the server's limits")]
     HeadersTooLarge,
     #[error("the request was not received in time")]
@@ -54,7 +57,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::DuplicateEvent { .. } => 409,
-            ApiError::RateLimited { .. } => 429,
+            ApiError::RateLimited { .. } | ApiError::Throttled { .. } => 429,
             ApiError::HeadersTooLarge => 431,
             ApiError::RequestTimeout => 408,
             ApiError::Overloaded { .. } => 503,
@@ -72,7 +75,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::DuplicateEvent { .. } => "duplicate_event",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RateLimited { .. } | ApiError::Throttled { .. } => "rate_limited",
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::Overloaded { .. } => "overloaded",
@@ -95,7 +98,9 @@ impl ApiError {
             ApiError::DuplicateEvent { event_id, dedup_id } => {
                 object.uuid("event_id", event_id).str("dedup_id", dedup_id);
             }
-            ApiError::RateLimited { retry_after_secs } | ApiError::Overloaded { retry_after_secs } => {
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::Throttled { retry_after_secs, .. }
+            | ApiError::Overloaded { retry_after_secs } => {
                 object.uint("retry_after", *retry_after_secs);
             }
             _ => {}
@@ -103,7 +108,9 @@ impl ApiError {
         object.finish();
         match self {
             ApiError::MethodNotAllowed { allow } => response.header(b"Allow", allow.as_bytes()),
-            ApiError::RateLimited { retry_after_secs } | ApiError::Overloaded { retry_after_secs } => {
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::Throttled { retry_after_secs, .. }
+            | ApiError::Overloaded { retry_after_secs } => {
                 response.header_int(b"Retry-After", (*retry_after_secs).max(1))
             }
             _ => {}

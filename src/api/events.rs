@@ -21,7 +21,7 @@ use crate::shard::ratelimit::reset_secs;
 use crate::shard::Shard;
 
 pub async fn post(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
-    let auth = authenticate(shard, request.api_key()).await?;
+    let auth = authenticate(shard, &request).await?;
     let (fields, body) = match decode(shard, request) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -102,7 +102,7 @@ pub async fn post_batch(
     request: Request<'_>,
     response: &mut ResponseBuf,
 ) -> Result<u16, ApiError> {
-    let auth = authenticate(shard, request.api_key()).await?;
+    let auth = authenticate(shard, &request).await?;
     let entries = match decode_batch(shard, request) {
         Ok(entries) => entries,
         Err(error) => {

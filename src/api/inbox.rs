@@ -125,7 +125,7 @@ pub fn parse_params(query: Option<&str>) -> Result<InboxParams, ApiError> {
 }
 
 pub async fn list(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
-    let auth = authenticate(shard, request.api_key()).await?;
+    let auth = authenticate(shard, &request).await?;
     let params = parse_params(request.query())?;
     // Held until the page is written out: bounds the pages this core holds at once.
     let slot = shard.take_page_slot().ok_or_else(super::overloaded)?;

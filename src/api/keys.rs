@@ -1,12 +1,13 @@
 //! Organisations and their keys: `POST /api/keys/generate` (sign-up, optionally
 //! behind an admin token), `GET /api/keys` and `POST /api/keys/rotate`.
 
-use super::auth::authenticate;
+use super::auth::{authenticate, now_ms, throttled};
 use super::error::ApiError;
 use super::json::ObjectWriter;
 use super::{ask, object_with_fields, overloaded, parse_json_body};
 use crate::auth::keys::{constant_time_eq, generate_signing_secret, key_digest, NewKey};
 use crate::auth::pool::{Answer, Work};
+use crate::auth::throttle::address_key;
 use crate::http::{Request, ResponseBuf};
 use crate::model::Tier;
 use crate::shard::Shard;
@@ -64,11 +65,18 @@ pub async fn generate(
     request: Request<'_>,
     response: &mut ResponseBuf,
 ) -> Result<u16, ApiError> {
-    if let Some(token) = &shard.settings.admin_token {
-        let presented = request.bearer_token().unwrap_or_default();
-        if !constant_time_eq(presented, token.as_bytes()) {
-            return Err(ApiError::Unauthorized);
+    match &shard.settings.admin_token {
+        Some(token) => {
+            let presented = request.bearer_token().unwrap_or_default();
+            if !constant_time_eq(presented, token.as_bytes()) {
+                return Err(ApiError::Unauthorized);
+            }
         }
+        // Open sign-up: each costs an Argon2 hash and a row; bounded per address.
+        None => throttled(
+            shard.throttles.borrow_mut().signups_by_address.take(address_key(request.peer), now_ms()),
+            "too many sign-ups from this address",
+        )?,
     }
     let sign_up = decode_sign_up(request, shard)?;
     let (new_key, key_hash) = new_hashed_key(shard).await?;
@@ -102,7 +110,7 @@ pub async fn generate(
 }
 
 pub async fn show(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
-    let auth = authenticate(shard, request.api_key()).await?;
+    let auth = authenticate(shard, &request).await?;
     let org_id = auth.org.id;
     let view = ask(shard, |reply| Command::GetOrg { org_id, reply }).await?.ok_or(ApiError::Unauthorized)?;
     ObjectWriter::new(&mut response.body)
@@ -122,7 +130,12 @@ pub async fn rotate(
     request: Request<'_>,
     response: &mut ResponseBuf,
 ) -> Result<u16, ApiError> {
-    let auth = authenticate(shard, request.api_key()).await?;
+    let auth = authenticate(shard, &request).await?;
+    // Each rotation costs an Argon2 hash and a revocation on every core.
+    throttled(
+        shard.throttles.borrow_mut().rotations_by_org.take(auth.org.id, now_ms()),
+        "too many key rotations for this organisation",
+    )?;
     let (new_key, key_hash) = new_hashed_key(shard).await?;
     let new = NewKeyForOrg {
         org_id: auth.org.id,

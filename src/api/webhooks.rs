@@ -78,7 +78,7 @@ pub async fn configure(
     request: Request<'_>,
     response: &mut ResponseBuf,
 ) -> Result<u16, ApiError> {
-    let auth = authenticate(shard, request.api_key()).await?;
+    let auth = authenticate(shard, &request).await?;
     let url = decode(request, shard)?;
     let org_id = auth.org.id;
     let (secret, updated_at) = ask(shard, |reply| Command::SetWebhook { org_id, url: url.clone(), reply })

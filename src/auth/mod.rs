@@ -4,3 +4,4 @@
 
 pub mod keys;
 pub mod pool;
+pub mod throttle;

@@ -126,7 +126,8 @@ impl crate::storage::PrepareStatements for DeliveryStatements {
             retry: client
                 .prepare(&only_owner(&format!(
                     "attempts = attempts + 1, last_error = $6,
-                     next_attempt_at = {NOW} + $5::int8 * interval '1 millisecond'"
+                     next_attempt_at = CASE WHEN status = 'delivered' THEN NULL
+                                            ELSE {NOW} + $5::int8 * interval '1 millisecond' END"
                 )))
                 .await?,
             failed: client

@@ -37,6 +37,8 @@ enum ReadEnd {
 
 struct Connection {
     stream: TcpStream,
+    /// The client's address, for the handler's per-address limits.
+    peer: std::net::IpAddr,
     /// Read buffer; `start..end` holds unconsumed bytes. Owned by this task.
     buffer: Vec<u8>,
     start: usize,
@@ -99,10 +101,15 @@ impl Connection {
     }
 }
 
+fn peer_of(stream: &TcpStream) -> std::net::IpAddr {
+    stream.peer_addr().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |address| address.ip())
+}
+
 /// Answers a connection beyond the core's limit with the handler's 503 and closes it.
 pub async fn refuse<H: Handler>(stream: TcpStream, handler: Rc<H>, limits: ConnectionLimits) {
     let _ = stream.set_write_timeout(Some(limits.write_timeout));
     let mut connection = Connection {
+        peer: peer_of(&stream),
         stream,
         buffer: Vec::new(),
         start: 0,
@@ -124,6 +131,7 @@ pub async fn serve<H: Handler>(
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(limits.write_timeout));
     let mut connection = Connection {
+        peer: peer_of(&stream),
         stream,
         buffer: vec![0; READ_BUFFER_INITIAL_BYTES],
         start: 0,
@@ -274,7 +282,7 @@ async fn serve_request<H: Handler>(
     let (head_part, rest) = c.buffer[request_start..].split_at_mut(head.head_bytes);
     let body = &mut rest[..body_bytes];
     c.response.clear();
-    let status = handler.handle(Request::new(&head, head_part, body), &mut c.response).await;
+    let status = handler.handle(Request::new(&head, head_part, body, c.peer), &mut c.response).await;
     let keep_alive = head.keep_alive && !drain.is_draining();
     response::write(&mut c.output, status, &c.response, !keep_alive, head.method == Method::Head);
     let outsized = c.output.len() >= OUTPUT_FLUSH_BYTES;

@@ -20,11 +20,18 @@ pub struct Request<'a> {
     pub head: &'a RequestHead,
     head_bytes: &'a [u8],
     pub body: &'a mut [u8],
+    /// The client's address (the TCP peer: a proxy's, behind one).
+    pub peer: std::net::IpAddr,
 }
 
 impl<'a> Request<'a> {
-    pub fn new(head: &'a RequestHead, head_bytes: &'a [u8], body: &'a mut [u8]) -> Request<'a> {
-        Request { head, head_bytes, body }
+    pub fn new(
+        head: &'a RequestHead,
+        head_bytes: &'a [u8],
+        body: &'a mut [u8],
+        peer: std::net::IpAddr,
+    ) -> Request<'a> {
+        Request { head, head_bytes, body, peer }
     }
 
     fn header(&self, range: &Option<std::ops::Range<usize>>) -> Option<&'a [u8]> {

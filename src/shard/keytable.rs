@@ -13,6 +13,9 @@ use crate::model::Org;
 
 /// How long a wrong key is remembered as wrong.
 pub const NEGATIVE_TTL_MS: u64 = 60_000;
+/// Organisations whose last revocation epoch is remembered; beyond it the record is
+/// reset and every verdict in flight counts as crossed by a revocation (once).
+const REVOKED_TRACKED_MAX: usize = 4096;
 
 struct Verified {
     digest: [u8; 32],
@@ -38,8 +41,14 @@ pub struct KeyTable {
     negative: AHashMap<[u8; 32], u64>,
     verified_max: usize,
     negative_max: usize,
-    /// Bumped by every revocation; a miss resolved across a bump is not cached.
+    /// Bumped by every revocation. A miss records it when it starts; its verdict is
+    /// cached only if its own organisation was not revoked since (`revoked_at`), so one
+    /// tenant rotating in a loop cannot keep other tenants' keys out of the cache.
     epoch: u64,
+    /// The epoch of each organisation's last revocation; at most `REVOKED_TRACKED_MAX`.
+    revoked_at: AHashMap<Uuid, u64>,
+    /// The epoch of the last revocation of every key (or of a reset of `revoked_at`).
+    all_revoked_at: u64,
 }
 
 impl KeyTable {
@@ -51,6 +60,8 @@ impl KeyTable {
             verified_max,
             negative_max,
             epoch: 0,
+            revoked_at: AHashMap::new(),
+            all_revoked_at: 0,
         }
     }
 
@@ -70,9 +81,14 @@ impl KeyTable {
         }
     }
 
-    /// Caches a verified key unless a revocation happened since `epoch` was read.
+    /// True when nothing revoked `org_id`'s keys (or every key) since `epoch`.
+    fn unrevoked_since(&self, org_id: Uuid, epoch: u64) -> bool {
+        self.all_revoked_at <= epoch && self.revoked_at.get(&org_id).is_none_or(|&at| at <= epoch)
+    }
+
+    /// Caches a verified key unless its organisation was revoked since `epoch` was read.
     pub fn insert_verified(&mut self, lookup_id: i64, digest: [u8; 32], org: Arc<Org>, epoch: u64) -> bool {
-        if epoch != self.epoch {
+        if !self.unrevoked_since(org.id, epoch) {
             return false;
         }
         if self.verified.len() >= self.verified_max && !self.verified.contains_key(&lookup_id) {
@@ -98,12 +114,19 @@ impl KeyTable {
     pub fn revoke_org(&mut self, org_id: Uuid) {
         self.verified.retain(|_, entry| entry.org.id != org_id);
         self.epoch += 1;
+        if self.revoked_at.len() >= REVOKED_TRACKED_MAX && !self.revoked_at.contains_key(&org_id) {
+            self.revoked_at.clear();
+            self.all_revoked_at = self.epoch;
+        }
+        self.revoked_at.insert(org_id, self.epoch);
     }
 
     /// Drops every cached key (revocations may have been missed).
     pub fn revoke_all(&mut self) {
         self.verified.clear();
         self.epoch += 1;
+        self.revoked_at.clear();
+        self.all_revoked_at = self.epoch;
     }
 
     pub fn len(&self) -> usize {
@@ -164,6 +187,36 @@ mod tests {
         assert!(matches!(table.lookup(1, &[1; 32], 0), Lookup::Miss));
         assert!(matches!(table.lookup(2, &[2; 32], 0), Lookup::Hit(_)));
         assert!(!table.insert_verified(1, [1; 32], org(1), before), "resolved before the revocation");
+    }
+
+    #[test]
+    fn one_tenants_rotations_do_not_keep_other_tenants_out_of_the_cache() {
+        // Regression: every revocation bumped one epoch that made every verdict in
+        // flight uncacheable, so a tenant rotating in a loop starved all the others.
+        let mut table = KeyTable::new(10, 10);
+        let started = table.epoch();
+        for _ in 0..100 {
+            table.revoke_org(Uuid::from_u128(1));
+        }
+        assert!(
+            table.insert_verified(2, [2; 32], org(2), started),
+            "another organisation's verdict is cached"
+        );
+        assert!(!table.insert_verified(1, [1; 32], org(1), started), "the rotating one's is not");
+        table.revoke_all();
+        assert!(!table.insert_verified(3, [3; 32], org(3), started), "revoke_all crosses every verdict");
+        assert!(table.insert_verified(3, [3; 32], org(3), table.epoch()));
+    }
+
+    #[test]
+    fn the_revocation_record_is_bounded() {
+        let mut table = KeyTable::new(10, 10);
+        let started = table.epoch();
+        for id in 0..(REVOKED_TRACKED_MAX as u128 + 10) {
+            table.revoke_org(Uuid::from_u128(1_000 + id));
+        }
+        assert!(table.revoked_at.len() <= REVOKED_TRACKED_MAX);
+        assert!(!table.insert_verified(2, [2; 32], org(2), started), "a reset counts as a revocation of all");
     }
 
     #[test]

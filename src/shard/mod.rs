@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::auth::pool::HashPool;
+use crate::auth::throttle::Throttle;
 use crate::handoff::tickets::Tickets;
 use crate::handoff::{Control, Handoff};
 use crate::metrics::{CoreMetrics, Registry};
@@ -29,6 +30,25 @@ pub struct ShardSettings {
     pub admin_token: Option<String>,
     pub key_cache_max: usize,
     pub negative_cache_max: usize,
+    /// Failed (or in-flight) key checks per lookup id per minute on a core; 0 = off.
+    pub key_failures_per_id_max: u32,
+    /// Failed (or in-flight) key checks per client address per minute on a core; 0 = off.
+    pub key_failures_per_address_max: u32,
+    /// Sign-ups per client address per minute on a core; 0 = off.
+    pub signups_per_address_max: u32,
+}
+
+/// Keys each throttle tracks at most (per core).
+const THROTTLE_ENTRIES_MAX: usize = 65_536;
+/// Key rotations per organisation per minute on a core: each costs an Argon2 hash.
+pub const ROTATIONS_PER_ORG_MAX: u32 = 10;
+
+/// This core's fairness counters (`auth::throttle`).
+pub struct Throttles {
+    pub key_failures_by_id: Throttle<i64>,
+    pub key_failures_by_address: Throttle<u128>,
+    pub signups_by_address: Throttle<u128>,
+    pub rotations_by_org: Throttle<Uuid>,
 }
 
 /// Shared resources a core is built from (all `Send`, cloned into each core thread).
@@ -79,6 +99,8 @@ pub struct Shard {
     ids: RefCell<IdGenerator>,
     /// Requests served by this core, for request ids.
     requests: std::cell::Cell<u64>,
+    /// Fairness counters for costly work; core-local.
+    pub throttles: RefCell<Throttles>,
     /// Page slots not taken (`PAGE_SLOTS_PER_CORE` at most).
     page_slots: Rc<Cell<usize>>,
     /// The JSON gate's and simd-json's scratch space, reused by every request on this core.
@@ -87,6 +109,16 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(core: usize, parts: ShardParts) -> Shard {
+        let settings = &parts.settings;
+        let throttles = Throttles {
+            key_failures_by_id: Throttle::new(settings.key_failures_per_id_max, THROTTLE_ENTRIES_MAX),
+            key_failures_by_address: Throttle::new(
+                settings.key_failures_per_address_max,
+                THROTTLE_ENTRIES_MAX,
+            ),
+            signups_by_address: Throttle::new(settings.signups_per_address_max, THROTTLE_ENTRIES_MAX),
+            rotations_by_org: Throttle::new(ROTATIONS_PER_ORG_MAX, THROTTLE_ENTRIES_MAX),
+        };
         Shard {
             core,
             keys: RefCell::new(KeyTable::new(
@@ -104,6 +136,7 @@ impl Shard {
             ids: RefCell::new(IdGenerator::seeded()),
             requests: std::cell::Cell::new(0),
             page_slots: Rc::new(Cell::new(PAGE_SLOTS_PER_CORE)),
+            throttles: RefCell::new(throttles),
             json: RefCell::new(crate::json::JsonScratch::default()),
         }
     }

@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "inbox_indexes", include_str!("migrations/0002_inbox_indexes.sql")),
     (3, "deliveries", include_str!("migrations/0003_deliveries.sql")),
     (4, "partition_events", include_str!("migrations/0004_partition_events.sql")),
+    (5, "acked_leave_schedule", include_str!("migrations/0005_acked_leave_schedule.sql")),
 ];
 
 /// Arbitrary constant naming triggerd's migration lock.

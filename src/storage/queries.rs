@@ -279,7 +279,7 @@ impl super::PrepareStatements for Statements {
             inbox_all: client.prepare(&inbox_view_sql(InboxView::All)).await?,
             ack_one: client
                 .prepare(&format!(
-                    "UPDATE events SET status = 'delivered', delivered_at = now()
+                    "UPDATE events SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL
                      WHERE org_id = $1 AND id = $2 AND status <> 'delivered'
                      RETURNING {}",
                     micros("delivered_at")
@@ -295,7 +295,7 @@ impl super::PrepareStatements for Statements {
                 .await?,
             ack_many: client
                 .prepare(
-                    "UPDATE events SET status = 'delivered', delivered_at = now()
+                    "UPDATE events SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL
                      WHERE org_id = $1 AND id = ANY($2::uuid[]) AND status <> 'delivered'
                      RETURNING id",
                 )
