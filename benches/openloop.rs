@@ -4,11 +4,14 @@
 //! closed-loop: a slow response delays the next request and hides the queueing.)
 //!
 //!   cargo bench --bench openloop -- --url http://127.0.0.1:8080/api/events --rate 10000 \
-//!       --seconds 10 --connections 32 --keys keys.txt [--body '{"type":..}'] [--method POST]
+//!       --seconds 10 --connections 32 --keys keys.txt [--body '{"type":..}']... [--method POST]
+//!       [--expect-status 400]
 //!
-//! With --keys, requests rotate over the keys (X-API-Key). Prints one line:
-//! `rate=<achieved> sent=<n> ok=<2xx> errors=<non-2xx or failed> p50=.. p90=.. p99=.. p999=.. max=..`
-//! (latencies in µs). Exits 1 if any request was not 2xx.
+//! With --keys, requests rotate over the keys (X-API-Key); with several --body, over
+//! the bodies. Prints one line:
+//! `rate=<achieved> sent=<n> ok=<expected> errors=<other or failed> p50=.. p90=.. p99=.. p999=.. max=..`
+//! (latencies in µs). Exits 1 if any request was not answered as expected (any 2xx by
+//! default, or exactly --expect-status: scripts/bench sends refused events that way).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -21,8 +24,10 @@ struct Options {
     seconds: f64,
     connections: usize,
     keys: Vec<String>,
-    body: Option<String>,
+    bodies: Vec<String>,
     method: String,
+    /// The status every answer must have; `None`: any 2xx.
+    expect_status: Option<u16>,
 }
 
 fn parse() -> Result<Options, String> {
@@ -56,7 +61,8 @@ fn parse() -> Result<Options, String> {
                 "GET".into()
             }
         }),
-        body: get("--body"),
+        bodies: args.windows(2).filter(|w| w[0] == "--body").map(|w| w[1].clone()).collect(),
+        expect_status: get("--expect-status").and_then(|v| v.parse().ok()),
     })
 }
 
@@ -115,7 +121,9 @@ fn run_connection(options: &Options, index: usize, start: Instant) -> (Vec<u32>,
         if let Some(key) = key {
             request.push_str(&format!("X-API-Key: {key}\r\n"));
         }
-        match &options.body {
+        let body = (!options.bodies.is_empty())
+            .then(|| &options.bodies[(index + n as usize) % options.bodies.len()]);
+        match body {
             Some(body) => request.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
@@ -126,7 +134,9 @@ fn run_connection(options: &Options, index: usize, start: Instant) -> (Vec<u32>,
         // Measured from the scheduled start: a late send counts as latency.
         latencies.push(scheduled.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
         match result {
-            Ok(200..=299) => ok += 1,
+            Ok(status) if options.expect_status.map_or((200..=299).contains(&status), |s| s == status) => {
+                ok += 1
+            }
             Ok(_) => errors += 1,
             Err(_) => {
                 errors += 1;

@@ -470,3 +470,49 @@ fn black_holed_receivers_hold_only_their_organisations_share() {
         "never more than its share in flight"
     );
 }
+
+#[test]
+fn wrong_keys_from_one_address_stop_before_the_database_and_other_addresses_get_in() {
+    // Random lookup ids cost a database lookup each (no Argon2: no row matches); one
+    // address sending them is refused after its share, another address is not.
+    let server = Server::start(&["--listen", "[::]:0", "--open-signup", "--key-failures-per-id-max", "0"]);
+    let port = server.addr.port();
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let org = {
+        let body = r#"{"organization_name":"elsewhere","tier":"pro"}"#;
+        let response = Conn::new(v6).request("POST", "/api/keys/generate", &[JSON], Some(body));
+        assert_eq!(response.status, 201);
+        let json = response.json();
+        Org {
+            id: json["organization_id"].as_str().unwrap().into(),
+            key: json["api_key"].as_str().unwrap().into(),
+        }
+    };
+    let failures_before = metric(&server, "triggerd_auth_failures_total");
+    let mut statuses = Vec::new();
+    for n in 0..100u64 {
+        let key = format!("tk_{n:016x}{:064x}", u128::from(n) * 7919);
+        statuses.push(Conn::new(v4).request("GET", "/api/keys", &[("X-API-Key", key.as_str())], None).status);
+    }
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    let failures = metric(&server, "triggerd_auth_failures_total") - failures_before;
+    assert!(failures <= 2.0 * 20.0, "at most 20 failed checks per address per core: {failures}");
+    let refused = Conn::new(v4).request(
+        "GET",
+        "/api/keys",
+        &[(
+            "X-API-Key",
+            "tk_00000000000000ff0000000000000000000000000000000000000000000000000000000000000000",
+        )],
+        None,
+    );
+    let json = refused.assert_error(429, "rate_limited");
+    assert!(json["message"].as_str().unwrap().contains("address"), "{json}");
+    // Another address is unaffected, even for a key no core has cached.
+    let rotated = Conn::new(v6).request("POST", "/api/keys/rotate", &org.headers(), Some(""));
+    assert_eq!(rotated.status, 200);
+    let fresh = rotated.json()["api_key"].as_str().unwrap().to_string();
+    let response = Conn::new(v6).request("GET", "/api/keys", &[("X-API-Key", fresh.as_str())], None);
+    assert_eq!(response.status, 200, "{}", response.text());
+}
