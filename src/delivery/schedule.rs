@@ -86,6 +86,11 @@ impl RetrySchedule {
 
     /// Decides after attempt number `attempts_before + 1`. `jitter` is uniform in
     /// [-1, 1] and scales the delay by ±`JITTER_FRACTION`.
+    ///
+    /// The delay is the schedule's step, jittered. On 429 and 503 (only) a receiver's
+    /// `Retry-After`, capped at the longest step, replaces the step and is a floor: the
+    /// delay is `max(asked × (1 + JITTER_FRACTION × jitter), asked)`, so jitter only ever
+    /// adds to what the receiver asked (up to +10%) and never makes an attempt earlier.
     pub fn decide(&self, attempts_before: u32, result: &AttemptResult, jitter: f64) -> Decision {
         let (error, retry_after) = match result {
             AttemptResult::Status { code: 200..=299, .. } => return Decision::Delivered,
@@ -99,9 +104,10 @@ impl RetrySchedule {
         let Some(&step) = self.delays.get(attempts_before as usize) else {
             return Decision::Failed { error };
         };
-        let base = retry_after.map_or(step, |after| after.min(self.delay_max()));
+        let asked = retry_after.map(|after| after.min(self.delay_max()));
         let factor = 1.0 + JITTER_FRACTION * jitter.clamp(-1.0, 1.0);
-        Decision::Retry { delay: base.mul_f64(factor), error }
+        let delay = asked.unwrap_or(step).mul_f64(factor).max(asked.unwrap_or_default());
+        Decision::Retry { delay, error }
     }
 }
 
@@ -189,6 +195,49 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_that_jitter_never_undercuts() {
+        let schedule = RetrySchedule::parse("1s,1m").unwrap();
+        for code in [429, 503] {
+            for asked_ms in [0, 1, 999, 2_870, 3_000, 7_000, 59_999, 60_000, 61_000, 86_400_000] {
+                let result =
+                    AttemptResult::Status { code, retry_after: Some(Duration::from_millis(asked_ms)) };
+                let floor = Duration::from_millis(asked_ms.min(60_000));
+                for step in 0..=2_000 {
+                    let jitter = f64::from(step) / 1_000.0 - 1.0;
+                    let Decision::Retry { delay, .. } = schedule.decide(0, &result, jitter) else {
+                        panic!("{code} retries")
+                    };
+                    assert!(delay >= floor, "{code}, asked {asked_ms} ms, jitter {jitter}: {delay:?}");
+                    assert!(
+                        delay <= floor.mul_f64(1.0 + JITTER_FRACTION),
+                        "{asked_ms} ms, {jitter}: {delay:?}"
+                    );
+                }
+            }
+        }
+        let asked_3s = AttemptResult::Status { code: 503, retry_after: Some(Duration::from_secs(3)) };
+        assert_eq!(
+            schedule.decide(0, &asked_3s, -1.0),
+            Decision::Retry { delay: Duration::from_secs(3), error: "HTTP 503".into() },
+            "not 2.7 s"
+        );
+        assert_eq!(
+            schedule.decide(0, &asked_3s, 1.0),
+            Decision::Retry { delay: Duration::from_millis(3_300), error: "HTTP 503".into() }
+        );
+    }
+
+    #[test]
+    fn retry_after_on_other_statuses_leaves_the_jittered_step() {
+        let schedule = RetrySchedule::parse("10s").unwrap();
+        let result = AttemptResult::Status { code: 500, retry_after: Some(Duration::from_secs(30)) };
+        assert_eq!(
+            schedule.decide(0, &result, -1.0),
+            Decision::Retry { delay: Duration::from_secs(9), error: "HTTP 500".into() }
+        );
     }
 
     #[test]
