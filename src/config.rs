@@ -51,9 +51,17 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_PG_STOP_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub pg_stop_on_exit: bool,
 
-    /// Bearer token required by POST /api/keys/generate. Unset: sign-up is open.
+    /// Bearer token required by POST /api/keys/generate. Unset (or empty): sign-up is
+    /// open, which `serve` allows on a loopback --listen address only, unless
+    /// --open-signup is given.
     #[arg(long, env = "TRIGGERD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Allow open sign-up (no --admin-token) on a non-loopback --listen address: anyone
+    /// who can reach the port can then create organisations. Without it, `serve` refuses
+    /// that combination.
+    #[arg(long, env = "TRIGGERD_OPEN_SIGNUP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub open_signup: bool,
 
     /// Events each HTTP core may have waiting for the storage core (ring size and
     /// ticket slots). Beyond it, 503 with Retry-After.
@@ -262,10 +270,68 @@ impl ServeConfig {
         if !(8..=1 << 22).contains(&self.argon2_memory_kib) {
             return Err("--argon2-memory-kib must be between 8 and 4194304".into());
         }
-        Ok(())
+        self.validate_signup()
+    }
+
+    /// Open sign-up is for local use: on an address other machines can reach, it needs
+    /// the operator to say so.
+    fn validate_signup(&self) -> Result<(), String> {
+        let has_admin_token = self.admin_token.as_deref().is_some_and(|token| !token.is_empty());
+        if self.listen.ip().to_canonical().is_loopback() || has_admin_token || self.open_signup {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve open sign-up on {}, a non-loopback address: anyone who can reach \
+             the port could create organisations. Set an admin token (--admin-token or \
+             TRIGGERD_ADMIN_TOKEN) to close sign-up, or pass --open-signup (TRIGGERD_OPEN_SIGNUP=true) \
+             to keep it open on purpose",
+            self.listen
+        ))
     }
 
     pub fn http_cores(&self, cpus: usize) -> usize {
         self.http_cores.unwrap_or(cpus.saturating_sub(1)).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ServeConfig;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    fn signup_check(args: &[&str]) -> Result<(), String> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.serve.validate_signup()
+    }
+
+    #[test]
+    fn open_signup_on_loopback_needs_nothing() {
+        for listen in ["127.0.0.1:8080", "127.0.0.2:0", "[::1]:8080", "[::ffff:127.0.0.1]:0"] {
+            assert_eq!(signup_check(&["--listen", listen]), Ok(()), "{listen}");
+        }
+    }
+
+    #[test]
+    fn open_signup_elsewhere_needs_a_token_or_the_flag() {
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.0.0.7:80", "[2001:db8::1]:443"] {
+            let refused = signup_check(&["--listen", listen]).unwrap_err();
+            for words in ["create organisations", "--admin-token", "TRIGGERD_ADMIN_TOKEN", "--open-signup"] {
+                assert!(refused.contains(words), "{listen}: {refused}");
+            }
+            let empty_token = signup_check(&["--listen", listen, "--admin-token", ""]);
+            assert!(empty_token.is_err(), "an empty token leaves sign-up open");
+            assert_eq!(signup_check(&["--listen", listen, "--admin-token", "x"]), Ok(()));
+            assert_eq!(signup_check(&["--listen", listen, "--open-signup"]), Ok(()));
+            assert_eq!(signup_check(&["--listen", listen, "--open-signup=true"]), Ok(()));
+            assert!(signup_check(&["--listen", listen, "--open-signup=false"]).is_err());
+        }
     }
 }

@@ -1,7 +1,13 @@
 //! The command line: every `serve` option is documented with its environment
-//! variable, and `triggerd check` reports on this host.
+//! variable, `triggerd check` reports on this host, and open sign-up is refused on a
+//! public address unless the operator asks for it.
 
-use std::process::Command;
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Server;
 
 fn triggerd(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_triggerd")).args(args).output().unwrap();
@@ -118,4 +124,69 @@ fn json_logs_are_one_object_per_line() {
     assert!(seen >= 1);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `serve` with `args` and a database URL that cannot work: the run must end on
+/// validation, before any database (embedded or not) is touched, or it would fail
+/// with a connection error instead. Returns whether it succeeded and its stderr.
+fn serve_refused(args: &[&str]) -> (bool, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .arg("serve")
+        .args(args)
+        .args(["--database-url", "host=/nonexistent/triggerd-must-not-connect dbname=none"])
+        .env_remove("TRIGGERD_ADMIN_TOKEN")
+        .env_remove("TRIGGERD_OPEN_SIGNUP")
+        .env_remove("TRIGGERD_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    // A guard against a hang, never a wait for something: validation takes milliseconds.
+    let Ok(output) = outcome.recv_timeout(Duration::from_secs(30)) else {
+        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("serve {args:?} is still running: it got past validation");
+    };
+    let output = output.unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn open_signup_on_a_public_address_is_refused_before_anything_starts() {
+    for args in [
+        &["--listen", "0.0.0.0:0"][..],
+        &["--listen", "[::]:0"],
+        &["--listen", "0.0.0.0:0", "--admin-token", ""],
+        &["--listen", "0.0.0.0:0", "--open-signup=false"],
+    ] {
+        let (ok, stderr) = serve_refused(args);
+        assert!(!ok, "{args:?}");
+        for words in [
+            "anyone who can reach the port could create organisations",
+            "--admin-token",
+            "TRIGGERD_ADMIN_TOKEN",
+            "--open-signup",
+        ] {
+            assert!(stderr.contains(words), "{args:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn open_signup_on_a_public_address_when_asked_for() {
+    let server = Server::start_listening("0.0.0.0:0", &["--open-signup"]);
+    server.generate("open-on-purpose", "free");
+}
+
+#[test]
+fn an_admin_token_allows_a_public_address() {
+    let server = Server::start_listening("0.0.0.0:0", &["--admin-token", "x"]);
+    let body = r#"{"organization_name":"closed"}"#;
+    let json = [("Content-Type", "application/json")];
+    server.request("POST", "/api/keys/generate", &json, Some(body)).assert_error(401, "unauthorized");
+    let admin = [("Content-Type", "application/json"), ("Authorization", "Bearer x")];
+    assert_eq!(server.request("POST", "/api/keys/generate", &admin, Some(body)).status, 201);
 }

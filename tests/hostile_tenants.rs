@@ -475,7 +475,7 @@ fn black_holed_receivers_hold_only_their_organisations_share() {
 fn wrong_keys_from_one_address_stop_before_the_database_and_other_addresses_get_in() {
     // Random lookup ids cost a database lookup each (no Argon2: no row matches); one
     // address sending them is refused after its share, another address is not.
-    let server = Server::start(&["--listen", "[::]:0", "--open-signup", "--key-failures-per-id-max", "0"]);
+    let server = Server::start_listening("[::]:0", &["--open-signup", "--key-failures-per-id-max", "0"]);
     let port = server.addr.port();
     let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();

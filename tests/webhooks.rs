@@ -145,9 +145,41 @@ fn retry_after_on_429_is_honoured() {
     let second = receiver.next(WAIT);
     let gap = second.at - first.at;
     assert!(
-        gap >= Duration::from_millis(850) && gap < Duration::from_secs(10),
-        "Retry-After 1 s, not 30 s: {gap:?}"
+        gap >= Duration::from_secs(1) && gap < Duration::from_secs(10),
+        "Retry-After 1 s, not 30 s, and jitter never earlier: {gap:?}"
     );
+    eventually(WAIT, "delivered", || state(&database, &id).0 == "delivered");
+}
+
+#[test]
+fn retry_after_as_an_http_date_is_honoured() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let database = FreshDatabase::new();
+    // The instant the receiver asked for, on the test's monotonic clock.
+    let asked_for: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let asked = Arc::clone(&asked_for);
+    let receiver = Receiver::start(move |n| {
+        if n > 0 {
+            return Reply::Status(200);
+        }
+        let (now, now_instant) = (SystemTime::now(), Instant::now());
+        let date_unix_secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 3;
+        let date = UNIX_EPOCH + Duration::from_secs(date_unix_secs);
+        *asked.lock().unwrap() = Some(now_instant + date.duration_since(now).unwrap());
+        let header = triggerd::http::date::http_date(date_unix_secs as i64);
+        let header = format!("Retry-After: {}\r\n", String::from_utf8_lossy(&header));
+        Reply::StatusWith(503, Box::leak(header.into_boxed_str()))
+    });
+    let server = Server::start_on(&database.url, &allow_private(&["--retry-schedule", "30s"]));
+    let org = server.generate("throttled-until", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    let first = receiver.next(WAIT);
+    let second = receiver.next(WAIT);
+    let asked_for = asked_for.lock().unwrap().expect("the first reply set it");
+    assert!(second.at >= asked_for, "{:?} before the date asked for", asked_for - second.at);
+    assert!(second.at - first.at < Duration::from_secs(10), "the date, not the 30 s step");
     eventually(WAIT, "delivered", || state(&database, &id).0 == "delivered");
 }
 

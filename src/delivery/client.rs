@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ahash::AHashMap;
 use http_body_util::{BodyExt, Full, Limited};
@@ -151,7 +151,10 @@ impl WebhookClient {
         let request = request.body(Full::new(body)).map_err(|e| format!("building the request: {e}"))?;
         let response = sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))?;
         let code = response.status().as_u16();
-        let retry_after = response.headers().get("retry-after").and_then(|v| parse_retry_after(v.as_bytes()));
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| parse_retry_after(v.as_bytes(), SystemTime::now()));
         let keep = Limited::new(response.into_body(), RESPONSE_BYTES_MAX).collect().await.is_ok();
         if keep {
             self.put_idle(target, sender);

@@ -343,8 +343,9 @@ impl Engine {
                 self.metrics.latency.observe_duration(started.elapsed());
                 match self.config.schedule.decide(claimed.attempts.max(0) as u32, &result, self.jitter()) {
                     Decision::Delivered => Record::Delivered,
+                    // Rounded up to whole ms: a receiver's Retry-After is a floor.
                     Decision::Retry { delay, error } => {
-                        Record::Retry { delay_ms: delay.as_millis() as i64, error }
+                        Record::Retry { delay_ms: delay.as_nanos().div_ceil(1_000_000) as i64, error }
                     }
                     Decision::Failed { error } => Record::Failed { error },
                     Decision::Gone => Record::Gone,

@@ -1,6 +1,7 @@
 //! Calendar arithmetic for the two timestamp formats on the wire: the HTTP `Date`
-//! header (IMF-fixdate) and RFC 3339 UTC with a `Z`. Both take the time as an
-//! argument; the per-core `Date` cache is in `response.rs`.
+//! header (IMF-fixdate) and RFC 3339 UTC with a `Z`, and reading an HTTP-date back
+//! (a webhook receiver's `Retry-After`). All take the time as an argument; the
+//! per-core `Date` cache is in `response.rs`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -77,11 +78,13 @@ pub fn rfc3339_micros(micros: i64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Month names of HTTP-dates, January first.
+const MONTHS: [&[u8; 3]; 12] =
+    [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+
 /// Renders `Thu, 26 Nov 2026 21:00:00 GMT` (always 29 bytes).
 pub fn http_date(unix_secs: i64) -> [u8; 29] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] =
-        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
     let days = unix_secs.div_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
     let second_of_day = unix_secs.rem_euclid(86_400) as u32;
@@ -105,6 +108,112 @@ pub fn http_date(unix_secs: i64) -> [u8; 29] {
     let mut fixed = [0u8; 29];
     fixed.copy_from_slice(&out);
     fixed
+}
+
+/// Seconds since the Unix epoch of an HTTP-date (RFC 9110 §5.6.7): the IMF-fixdate
+/// `Sun, 06 Nov 1994 08:49:37 GMT` that senders must use, and the two obsolete forms
+/// recipients must still read, RFC 850 `Sunday, 06-Nov-94 08:49:37 GMT` and asctime
+/// `Sun Nov  6 08:49:37 1994`. `None` for anything else, an impossible date
+/// (`31 Feb`) included. Names match case-insensitively and runs of spaces count as one;
+/// the weekday must be a weekday name but is not checked against the date (the date
+/// wins). `now` only places RFC 850's two-digit year: RFC 9110 reads a year that would
+/// be more than 50 years in the future as the latest past year with those digits.
+pub fn parse_http_date(text: &[u8], now: SystemTime) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut fields = text.split_ascii_whitespace();
+    let weekday = fields.next()?;
+    let (year, month, day, time) = match weekday.strip_suffix(',') {
+        // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+        Some(short) if short.len() == 3 => {
+            if !is_weekday(short, false) {
+                return None;
+            }
+            let (day, month, year, time) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            fields.next().filter(|zone| zone.eq_ignore_ascii_case("GMT"))?;
+            (year_of(year, 4)?, month_of(month)?, day_of(day)?, time)
+        }
+        // RFC 850: `Sunday, 06-Nov-94 08:49:37 GMT`.
+        Some(long) => {
+            if !is_weekday(long, true) {
+                return None;
+            }
+            let (date, time) = (fields.next()?, fields.next()?);
+            fields.next().filter(|zone| zone.eq_ignore_ascii_case("GMT"))?;
+            let mut date = date.split('-');
+            let (day, month, year) = (date.next()?, date.next()?, date.next()?);
+            if date.next().is_some() {
+                return None;
+            }
+            (year_near(year_of(year, 2)?, now), month_of(month)?, day_of(day)?, time)
+        }
+        // asctime: `Sun Nov  6 08:49:37 1994`.
+        None => {
+            if !is_weekday(weekday, false) {
+                return None;
+            }
+            let (month, day, time, year) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            (year_of(year, 4)?, month_of(month)?, day_of(day)?, time)
+        }
+    };
+    if fields.next().is_some() {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    // An impossible day (30 Feb) would silently become a day of the next month.
+    if civil_from_days(days) != (year, month, day) {
+        return None;
+    }
+    Some(days * 86_400 + i64::from(second_of_day(time.as_bytes())?))
+}
+
+/// Whether `name` is a weekday's full name (`full`) or its three-letter abbreviation.
+fn is_weekday(name: &str, full: bool) -> bool {
+    const WEEKDAYS: [&str; 7] =
+        ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+    WEEKDAYS.iter().any(|day| if full { day } else { &day[..3] }.eq_ignore_ascii_case(name))
+}
+
+/// The value of exactly `count` ASCII digits (`count` ≤ 4, so it fits).
+fn digits(text: &str, count: usize) -> Option<u32> {
+    if text.len() != count || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.bytes().fold(0, |n, b| n * 10 + u32::from(b - b'0')))
+}
+
+fn day_of(text: &str) -> Option<u32> {
+    digits(text, 2).or_else(|| digits(text, 1)).filter(|day| (1..=31).contains(day))
+}
+
+fn month_of(name: &str) -> Option<u32> {
+    MONTHS.iter().position(|month| month.eq_ignore_ascii_case(name.as_bytes())).map(|i| i as u32 + 1)
+}
+
+fn year_of(text: &str, count: usize) -> Option<i64> {
+    digits(text, count).map(i64::from)
+}
+
+/// A two-digit year placed within 50 years of `now`'s year (RFC 9110 §5.6.7).
+fn year_near(two_digits: i64, now: SystemTime) -> i64 {
+    let now_year = civil_from_days(unix_micros(now).div_euclid(86_400_000_000)).0;
+    let year = now_year - now_year.rem_euclid(100) + two_digits;
+    if year > now_year + 50 {
+        year - 100
+    } else if year <= now_year - 50 {
+        year + 100
+    } else {
+        year
+    }
+}
+
+/// `08:49:37` as seconds since midnight (second 60 is a leap second).
+fn second_of_day(text: &[u8]) -> Option<u32> {
+    let [h1, h2, b':', m1, m2, b':', s1, s2] = *text else { return None };
+    let pair = |a: u8, b: u8| {
+        (a.is_ascii_digit() && b.is_ascii_digit()).then(|| u32::from(a - b'0') * 10 + u32::from(b - b'0'))
+    };
+    let (hour, minute, second) = (pair(h1, h2)?, pair(m1, m2)?, pair(s1, s2)?);
+    (hour < 24 && minute < 60 && second <= 60).then_some(hour * 3_600 + minute * 60 + second)
 }
 
 #[cfg(test)]
@@ -134,5 +243,89 @@ mod tests {
     fn micros_roundtrip_through_system_time() {
         let at = UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_000_001);
         assert_eq!(unix_micros(at), 1_700_000_000_000_001);
+    }
+
+    /// 1994-11-06T08:49:37Z, RFC 9110's example instant.
+    const EXAMPLE_SECS: i64 = 784_111_777;
+
+    fn at(unix_secs: u64) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(unix_secs)
+    }
+
+    #[test]
+    fn reads_the_three_http_date_forms() {
+        let now = at(1_795_734_000); // 2026
+        for text in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "  sun, 06 nov 1994 08:49:37 gmt ",
+        ] {
+            assert_eq!(parse_http_date(text.as_bytes(), now), Some(EXAMPLE_SECS), "{text}");
+        }
+        assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT", now), Some(0));
+        assert_eq!(parse_http_date(b"Sat, 31 Dec 1960 23:59:60 GMT", now), Some(-283_996_800));
+    }
+
+    #[test]
+    fn reads_back_every_date_it_writes() {
+        let now = at(0);
+        // From 1900-01-01 to the last day of year 9999, in steps of about 89 days.
+        let mut unix_secs = -2_208_988_800;
+        while unix_secs < 253_402_300_800 {
+            let written = http_date(unix_secs);
+            assert_eq!(
+                parse_http_date(&written, now),
+                Some(unix_secs),
+                "{}",
+                String::from_utf8_lossy(&written)
+            );
+            unix_secs += 7_654_321;
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_http_date() {
+        let now = at(1_795_734_000);
+        for text in [
+            "",
+            "120",
+            "Sun, 06 Nov 1994 08:49:37",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Nov 1994 08:49:37 GMT extra",
+            "Sun, 06 Nov 94 08:49:37 GMT",
+            "Sun, 6 Nov 1994 8:49:37 GMT",
+            "Sun, 31 Feb 1994 08:49:37 GMT",
+            "Sun, 29 Feb 2100 08:49:37 GMT",
+            "Sun, 00 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 08:60:00 GMT",
+            "Sun, 06 Nov 1994 08:49:61 GMT",
+            "Sun, 06 Xyz 1994 08:49:37 GMT",
+            "Funday, 06-Nov-94 08:49:37 GMT",
+            "Sun, 06-Nov-94 08:49:37 GMT",
+            "Sunday, 06-Nov-1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94-1 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 94",
+            "Sun Nov  6 08:49:37 1994 GMT",
+            "2026-11-26T21:00:00Z",
+        ] {
+            assert_eq!(parse_http_date(text.as_bytes(), now), None, "{text}");
+        }
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT\xff", now), None);
+    }
+
+    #[test]
+    fn two_digit_years_land_within_fifty_years_of_now() {
+        let year = |text: &str, now_unix_secs| {
+            let secs = parse_http_date(text.as_bytes(), at(now_unix_secs)).unwrap();
+            civil_from_days(secs.div_euclid(86_400)).0
+        };
+        let in_2026 = 1_795_734_000;
+        assert_eq!(year("Sunday, 06-Nov-94 08:49:37 GMT", in_2026), 1994);
+        assert_eq!(year("Friday, 06-Nov-26 08:49:37 GMT", in_2026), 2026);
+        assert_eq!(year("Friday, 06-Nov-76 08:49:37 GMT", in_2026), 2076);
+        assert_eq!(year("Sunday, 06-Nov-77 08:49:37 GMT", in_2026), 1977);
+        assert_eq!(year("Sunday, 06-Nov-94 08:49:37 GMT", 0), 1994, "from 1970");
     }
 }

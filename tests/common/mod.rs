@@ -6,7 +6,7 @@
 pub mod receiver;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -68,9 +68,19 @@ impl Server {
 
     /// Starts a server on the given database.
     pub fn start_on(database: &str, extra: &[&str]) -> Server {
+        Server::spawn(database, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a server listening on `listen` (say `0.0.0.0:0`). When that is the
+    /// unspecified address, `addr` is loopback with the port it got, which reaches it.
+    pub fn start_listening(listen: &str, extra: &[&str]) -> Server {
+        Server::spawn(&database_url(), listen, extra)
+    }
+
+    fn spawn(database: &str, listen: &str, extra: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_triggerd"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--http-cores", "2", "--database-url", database])
+            .args(["serve", "--listen", listen, "--http-cores", "2", "--database-url", database])
             .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB])
             .args(["--log", &std::env::var("TRIGGERD_TEST_LOG").unwrap_or_else(|_| "warn".into())])
             .args(extra)
@@ -79,7 +89,7 @@ impl Server {
         let mut child = command.spawn().expect("spawn triggerd");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let mut addr: SocketAddr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(addr) = line.strip_prefix("triggerd listening on http://") {
@@ -92,6 +102,11 @@ impl Server {
                 }
             }
         };
+        if addr.ip().is_unspecified() {
+            let loopback: IpAddr =
+                if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+            addr.set_ip(loopback);
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server { addr, child }
