@@ -5,7 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use triggerd::ingest::validate::{event_from_value, parse_gated, validate_event};
-use triggerd::json::{Gate, JsonScratch};
+use triggerd::util::json::{Gate, JsonScratch};
 
 const EVENT: &str = r#"{"type":"order.created","dedup_id":"order-12345-created","payload":{"order_id":12345,"amount":"19.90","currency":"EUR","customer":{"id":"c-981","email":"someone@example.com","tags":["vip","eu"]},"items":[{"sku":"A-1","qty":2,"price":5.95},{"sku":"B-7","qty":1,"price":8.00}],"note":"leave at the door"}}"#;
 

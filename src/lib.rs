@@ -35,15 +35,13 @@
 
 pub mod api;
 pub mod auth;
-pub mod config;
-pub mod config_file;
 pub mod delivery;
 pub mod handoff;
 pub mod http;
 pub mod ingest;
-pub mod json;
 pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod shard;
 pub mod storage;
+pub mod util;

@@ -239,7 +239,8 @@ fn inbox_queries_stay_index_scans_at_scale() {
     }
     client.batch_execute("ANALYZE events").unwrap();
     client.batch_execute("SET plan_cache_mode = force_generic_plan").unwrap();
-    use triggerd::storage::queries::{inbox_view_sql, InboxView};
+    use triggerd::handoff::commands::InboxView;
+    use triggerd::storage::queries::inbox_view_sql;
     for view in [InboxView::Undelivered, InboxView::Delivered, InboxView::All] {
         let sql = format!("EXPLAIN {}", inbox_view_sql(view));
         let statuses: Vec<&str> = vec!["pending", "failed"];

@@ -34,7 +34,7 @@ fn old_delivered_days_are_dropped_whole_while_ingest_continues() {
     let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
     let config =
         RetentionConfig { retention_days: 7, ahead_days: 3, interval: std::time::Duration::from_secs(3600) };
-    let now = triggerd::http::date::unix_micros(std::time::SystemTime::now());
+    let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
     let today = now.div_euclid(DAY);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let run = |at: i64| {
@@ -120,7 +120,7 @@ fn dedup_keeps_its_24_hour_window_across_days() {
     assert_eq!(again.status, 202, "{}", again.text());
     assert_ne!(again.json()["id"].as_str().unwrap(), first);
     // Maintenance deletes claims past the window, never one inside it.
-    let now = triggerd::http::date::unix_micros(std::time::SystemTime::now());
+    let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
     let config =
         RetentionConfig { retention_days: 30, ahead_days: 3, interval: std::time::Duration::from_secs(3600) };
     client.execute("UPDATE event_dedup SET created_at = now() - interval '26 hours'", &[]).unwrap();

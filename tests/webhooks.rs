@@ -167,7 +167,7 @@ fn retry_after_as_an_http_date_is_honoured() {
         let date_unix_secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 3;
         let date = UNIX_EPOCH + Duration::from_secs(date_unix_secs);
         *asked.lock().unwrap() = Some(now_instant + date.duration_since(now).unwrap());
-        let header = triggerd::http::date::http_date(date_unix_secs as i64);
+        let header = triggerd::util::time::http_date(date_unix_secs as i64);
         let header = format!("Retry-After: {}\r\n", String::from_utf8_lossy(&header));
         Reply::StatusWith(503, Box::leak(header.into_boxed_str()))
     });
@@ -302,7 +302,7 @@ fn two_processes_on_one_database_deliver_each_event_once() {
 #[test]
 fn leases_with_an_injected_clock() {
     use triggerd::delivery::store::{self, DeliveryStatements, Record};
-    use triggerd::storage::PrepareStatements;
+    use triggerd::storage::pg::PrepareStatements;
     // A database of its own: claiming with a clock in the far future would otherwise
     // lease the due events of tests running beside this one.
     let database = FreshDatabase::new();

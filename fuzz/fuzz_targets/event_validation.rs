@@ -11,7 +11,7 @@ use triggerd::ingest::batch::array_element_spans;
 use triggerd::ingest::validate::{parse_json, validate_event, FIELD_BYTES_MAX};
 
 fuzz_target!(|data: &[u8]| {
-    let mut scratch = triggerd::json::JsonScratch::default();
+    let mut scratch = triggerd::util::json::JsonScratch::default();
     let mut copy = data.to_vec();
     if let Ok(fields) = validate_event(&mut copy, &mut scratch) {
         assert!(!fields.event_type.is_empty() && fields.event_type.len() <= FIELD_BYTES_MAX);

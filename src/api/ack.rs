@@ -6,11 +6,12 @@ use uuid::Uuid;
 
 use super::auth::authenticate;
 use super::error::ApiError;
-use super::json::{write_uuid, ObjectWriter};
-use super::{ask, object_with_fields, parse_json_body};
+use super::{ask, parse_json_body};
+use crate::handoff::commands::Command;
 use crate::http::{Request, ResponseBuf};
 use crate::shard::Shard;
-use crate::storage::queries::Command;
+use crate::util::json::object_with_fields;
+use crate::util::json::{write_uuid, ObjectWriter};
 
 /// Most ids in one batch acknowledgement.
 pub const ACK_IDS_MAX: usize = 1000;
@@ -36,7 +37,7 @@ pub async fn one(
 }
 
 fn decode_ids(mut request: Request<'_>, shard: &Shard) -> Result<Vec<Uuid>, ApiError> {
-    let mut scratch = shard.json.borrow_mut();
+    let mut scratch = shard.json();
     let value = parse_json_body(&mut request, &mut scratch)?;
     let object = object_with_fields(&value, &["ids"])?;
     let ids = object

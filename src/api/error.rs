@@ -5,8 +5,13 @@ use std::borrow::Cow;
 
 use uuid::Uuid;
 
-use super::json::ObjectWriter;
+use crate::ingest::IngestError;
+use crate::model::ratelimit::reset_secs;
+use crate::shard::auth::AuthError;
+use crate::util::json::ShapeError;
+
 use crate::http::response::ResponseBuf;
+use crate::util::json::ObjectWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -41,6 +46,37 @@ pub enum ApiError {
     Overloaded { retry_after_secs: u64 },
     #[error("an internal error occurred")]
     Internal,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> ApiError {
+        match error {
+            AuthError::Unauthorized => ApiError::Unauthorized,
+            AuthError::Throttled { what, retry_after_ms } => {
+                ApiError::Throttled { what, retry_after_secs: reset_secs(retry_after_ms) }
+            }
+            AuthError::Overloaded => super::overloaded(),
+            AuthError::Internal => ApiError::Internal,
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(error: IngestError) -> ApiError {
+        match error {
+            IngestError::InvalidJson(message) => ApiError::InvalidJson(message),
+            IngestError::Invalid { field, message } => ApiError::InvalidRequest { field, message },
+            IngestError::RateLimited { retry_after_secs } => ApiError::RateLimited { retry_after_secs },
+            IngestError::Duplicate { event_id, dedup_id } => ApiError::DuplicateEvent { event_id, dedup_id },
+            IngestError::Overloaded => super::overloaded(),
+        }
+    }
+}
+
+impl From<ShapeError> for ApiError {
+    fn from(error: ShapeError) -> ApiError {
+        ApiError::InvalidRequest { field: error.field.into(), message: error.message }
+    }
 }
 
 impl ApiError {

@@ -3,45 +3,41 @@
 //! or the error), with the rate-limit headers on every response once the
 //! organisation is known.
 
-use std::time::SystemTime;
-
-use simd_json::prelude::*;
-
-use super::auth::{authenticate, now_ms};
+use super::auth::authenticate;
 use super::error::ApiError;
-use super::json::ObjectWriter;
-use super::{object_with_fields, require_json};
+use super::require_json;
 use crate::http::{Request, ResponseBuf};
-use crate::ingest::batch::{array_element_spans, ingest_batch, EntryResult, BATCH_EVENTS_MAX};
-use crate::ingest::validate::{event_from_value, gate, parse_gated, EventFields};
-use crate::ingest::{ingest, RateState};
-use crate::json::JsonScratch;
-use crate::metrics::CoreMetrics;
-use crate::shard::ratelimit::reset_secs;
+use crate::ingest::batch::{decode_entries, ingest_batch, Entries, EntryResult};
+use crate::ingest::validate::{decode_event, EventFields};
+use crate::ingest::{ingest, IngestError, RateState};
+use crate::model::ratelimit::reset_secs;
+use crate::shard::metrics::CoreMetrics;
 use crate::shard::Shard;
+use crate::util::json::ObjectWriter;
+use crate::util::time::{now_micros, now_ms};
 
 pub async fn post(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
     let auth = authenticate(shard, &request).await?;
     let (fields, body) = match decode(shard, request) {
         Ok(decoded) => decoded,
         Err(error) => {
-            CoreMetrics::count(&shard.metrics.events_invalid, 1);
+            CoreMetrics::count(&shard.metrics().events_invalid, 1);
             write_rate_headers(response, RateState::peek(&auth.org, now_ms()));
             return Err(error);
         }
     };
-    let (result, state) = ingest(shard, &auth.org, fields, body, SystemTime::now()).await;
+    let (result, state) = ingest(shard, &auth.org, fields, body, now_micros()).await;
     write_rate_headers(response, state);
-    let metrics = &shard.metrics;
+    let metrics = shard.metrics();
     let counter = match &result {
         Ok(_) => &metrics.events_accepted,
-        Err(ApiError::DuplicateEvent { .. }) => &metrics.events_duplicate,
-        Err(ApiError::RateLimited { .. }) => &metrics.events_rate_limited,
-        Err(ApiError::Overloaded { .. }) => &metrics.events_overloaded,
+        Err(IngestError::Duplicate { .. }) => &metrics.events_duplicate,
+        Err(IngestError::RateLimited { .. }) => &metrics.events_rate_limited,
+        Err(IngestError::Overloaded) => &metrics.events_overloaded,
         Err(_) => &metrics.events_invalid,
     };
     CoreMetrics::count(counter, 1);
-    let accepted = result?;
+    let accepted = result.map_err(ApiError::from)?;
     ObjectWriter::new(&mut response.body)
         .uuid("id", &accepted.id)
         .str("status", "accepted")
@@ -50,51 +46,14 @@ pub async fn post(shard: &Shard, request: Request<'_>, response: &mut ResponseBu
     Ok(202)
 }
 
-/// The body's text once it passed the media type check and the JSON gate; the event's
-/// exact text travels to PostgreSQL, so it is copied before simd-json parses in place.
-fn gated_text(request: &Request<'_>, scratch: &mut JsonScratch) -> Result<String, ApiError> {
-    require_json(request)?;
-    gate(request.body, scratch).map(str::to_owned)
-}
-
 fn decode(shard: &Shard, request: Request<'_>) -> Result<(EventFields, String), ApiError> {
-    let mut scratch = shard.json.borrow_mut();
-    let text = gated_text(&request, &mut scratch)?;
-    let fields = event_from_value(&parse_gated(request.body, &mut scratch)?)?;
-    Ok((fields, text))
+    require_json(&request)?;
+    Ok(decode_event(request.body, &mut shard.json())?)
 }
 
-type Entries = Vec<Result<(EventFields, String), ApiError>>;
-
-/// The batch body: `{"events": [...]}`; each entry validated on its own.
 fn decode_batch(shard: &Shard, request: Request<'_>) -> Result<Entries, ApiError> {
-    let mut scratch = shard.json.borrow_mut();
-    let text = gated_text(&request, &mut scratch)?;
-    let value = parse_gated(request.body, &mut scratch)?;
-    let object = object_with_fields(&value, &["events"])?;
-    let events = object
-        .get("events")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| ApiError::invalid("events", "events must be an array of event objects"))?;
-    if events.len() > BATCH_EVENTS_MAX {
-        return Err(ApiError::invalid("events", format!("at most {BATCH_EVENTS_MAX} events per batch")));
-    }
-    let spans = array_element_spans(text.as_bytes());
-    if spans.len() != events.len() {
-        // The gate admits only strict JSON, where the two cannot disagree; should they
-        // ever, the body is still the client's: a 400, never a 500.
-        tracing::warn!(
-            entries = events.len(),
-            spans = spans.len(),
-            "batch entry spans disagree with the parser"
-        );
-        return Err(ApiError::InvalidJson("the events array could not be split into its entries".into()));
-    }
-    Ok(events
-        .iter()
-        .zip(spans)
-        .map(|(entry, span)| event_from_value(entry).map(|fields| (fields, text[span].to_owned())))
-        .collect())
+    require_json(&request)?;
+    Ok(decode_entries(request.body, &mut shard.json())?)
 }
 
 pub async fn post_batch(
@@ -110,15 +69,15 @@ pub async fn post_batch(
             return Err(error);
         }
     };
-    let (results, state) = match ingest_batch(shard, &auth.org, entries, SystemTime::now()).await {
+    let (results, state) = match ingest_batch(shard, &auth.org, entries, now_micros()).await {
         Ok(done) => done,
         Err(error) => {
             write_rate_headers(response, RateState::peek(&auth.org, now_ms()));
-            return Err(error);
+            return Err(error.into());
         }
     };
     write_rate_headers(response, state);
-    let metrics = &shard.metrics;
+    let metrics = shard.metrics();
     let out = &mut response.body;
     out.extend_from_slice(b"{\"results\":[");
     for (index, result) in results.iter().enumerate() {

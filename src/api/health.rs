@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 
 use super::error::ApiError;
-use super::json::ObjectWriter;
 use crate::http::ResponseBuf;
 use crate::shard::Shard;
+use crate::util::json::ObjectWriter;
 
 pub fn live(response: &mut ResponseBuf) -> Result<u16, ApiError> {
     response.body.extend_from_slice(br#"{"status":"ok"}"#);
@@ -14,8 +14,8 @@ pub fn live(response: &mut ResponseBuf) -> Result<u16, ApiError> {
 }
 
 pub fn ready(shard: &Shard, response: &mut ResponseBuf) -> Result<u16, ApiError> {
-    let db_ok = shard.storage.status.db_ok.load(Ordering::Relaxed);
-    let keeping_up = shard.handoff.has_headroom();
+    let db_ok = shard.status().db_ok.load(Ordering::Relaxed);
+    let keeping_up = shard.handoff().has_headroom();
     if db_ok && keeping_up {
         response.body.extend_from_slice(br#"{"status":"ready"}"#);
         return Ok(200);

@@ -13,10 +13,10 @@ use uuid::Uuid;
 use super::ask;
 use super::auth::authenticate;
 use super::error::ApiError;
-use super::json::ObjectWriter;
+use crate::handoff::commands::{Command, InboxEvent, InboxQuery, InboxView};
 use crate::http::{Request, ResponseBuf};
 use crate::shard::Shard;
-use crate::storage::queries::{Command, InboxEvent, InboxQuery, InboxView};
+use crate::util::json::ObjectWriter;
 
 pub const LIMIT_DEFAULT: i64 = 100;
 pub const LIMIT_MAX: i64 = 1000;
@@ -173,7 +173,7 @@ fn write_page(out: &mut Vec<u8>, events: &[InboxEvent], has_more: bool) {
     }
     out.extend_from_slice(b"],\"next_cursor\":");
     match events.last().filter(|_| has_more) {
-        Some(last) => super::json::write_str(out, &encode_cursor(&last.id)),
+        Some(last) => crate::util::json::write_str(out, &encode_cursor(&last.id)),
         None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');

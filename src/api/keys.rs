@@ -1,17 +1,18 @@
 //! Organisations and their keys: `POST /api/keys/generate` (sign-up, optionally
 //! behind an admin token), `GET /api/keys` and `POST /api/keys/rotate`.
 
-use super::auth::{authenticate, now_ms, throttled};
+use super::auth::{authenticate, throttled};
 use super::error::ApiError;
-use super::json::ObjectWriter;
-use super::{ask, object_with_fields, overloaded, parse_json_body};
-use crate::auth::keys::{constant_time_eq, generate_signing_secret, key_digest, NewKey};
+use super::{ask, overloaded, parse_json_body};
+use crate::auth::keys::{constant_time_eq, generate_signing_secret, NewKey};
 use crate::auth::pool::{Answer, Work};
-use crate::auth::throttle::address_key;
+use crate::handoff::commands::{Command, NewKeyForOrg, NewOrg};
 use crate::http::{Request, ResponseBuf};
 use crate::model::Tier;
 use crate::shard::Shard;
-use crate::storage::queries::{Command, NewKeyForOrg, NewOrg};
+use crate::util::json::object_with_fields;
+use crate::util::json::ObjectWriter;
+use crate::util::time::now_ms;
 use simd_json::prelude::*;
 
 /// Longest organisation name, in characters.
@@ -24,7 +25,7 @@ async fn new_hashed_key(shard: &Shard) -> Result<(NewKey, String), ApiError> {
         ApiError::Internal
     })?;
     let answer =
-        shard.hash_pool.try_submit(Work::Hash { key: new_key.key.clone() }).map_err(|_| overloaded())?;
+        shard.hash_pool().try_submit(Work::Hash { key: new_key.key.clone() }).map_err(|_| overloaded())?;
     match answer.await {
         Ok(Answer::Hashed(Ok(hash))) => Ok((new_key, hash)),
         _ => Err(ApiError::Internal),
@@ -37,7 +38,7 @@ struct SignUp {
 }
 
 fn decode_sign_up(mut request: Request<'_>, shard: &Shard) -> Result<SignUp, ApiError> {
-    let mut scratch = shard.json.borrow_mut();
+    let mut scratch = shard.json();
     let value = parse_json_body(&mut request, &mut scratch)?;
     let object = object_with_fields(&value, &["organization_name", "tier"])?;
     let name = object.get("organization_name").and_then(|v| v.as_str()).ok_or_else(|| {
@@ -65,7 +66,7 @@ pub async fn generate(
     request: Request<'_>,
     response: &mut ResponseBuf,
 ) -> Result<u16, ApiError> {
-    match &shard.settings.admin_token {
+    match &shard.settings().admin_token {
         Some(token) => {
             let presented = request.bearer_token().unwrap_or_default();
             if !constant_time_eq(presented, token.as_bytes()) {
@@ -73,10 +74,7 @@ pub async fn generate(
             }
         }
         // Open sign-up: each costs an Argon2 hash and a row; bounded per address.
-        None => throttled(
-            shard.throttles.borrow_mut().signups_by_address.take(address_key(request.peer), now_ms()),
-            "too many sign-ups from this address",
-        )?,
+        None => throttled(shard.admit_signup(request.peer, now_ms()), "too many sign-ups from this address")?,
     }
     let sign_up = decode_sign_up(request, shard)?;
     let (new_key, key_hash) = new_hashed_key(shard).await?;
@@ -91,13 +89,7 @@ pub async fn generate(
     };
     let org = ask(shard, |reply| Command::CreateOrg { new, reply }).await?;
     // The creating core knows the key is good: cache it, saving one Argon2 run.
-    let epoch = shard.keys.borrow().epoch();
-    shard.keys.borrow_mut().insert_verified(
-        new_key.lookup_id,
-        key_digest(new_key.key.as_bytes()),
-        org.clone(),
-        epoch,
-    );
+    shard.cache_new_key(new_key.lookup_id, new_key.key.as_bytes(), org.clone());
     ObjectWriter::new(&mut response.body)
         .uuid("organization_id", &org.id)
         .str("organization_name", &org.name)
@@ -132,10 +124,7 @@ pub async fn rotate(
 ) -> Result<u16, ApiError> {
     let auth = authenticate(shard, &request).await?;
     // Each rotation costs an Argon2 hash and a revocation on every core.
-    throttled(
-        shard.throttles.borrow_mut().rotations_by_org.take(auth.org.id, now_ms()),
-        "too many key rotations for this organisation",
-    )?;
+    throttled(shard.admit_rotation(auth.org.id, now_ms()), "too many key rotations for this organisation")?;
     let (new_key, key_hash) = new_hashed_key(shard).await?;
     let new = NewKeyForOrg {
         org_id: auth.org.id,

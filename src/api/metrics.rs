@@ -6,20 +6,22 @@ use std::sync::atomic::Ordering;
 use super::error::ApiError;
 use crate::http::response::CONTENT_TYPE_TEXT;
 use crate::http::ResponseBuf;
+use crate::metrics::Registry;
 use crate::shard::Shard;
 
-pub fn scrape(shard: &Shard, response: &mut ResponseBuf) -> Result<u16, ApiError> {
-    let capacity: usize = shard.handoff.links.iter().map(|link| link.events.capacity()).sum();
-    let database_up = if shard.storage.status.db_ok.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
-    let text = shard.registry.render(&[
+pub fn scrape(shard: &Shard, registry: &Registry, response: &mut ResponseBuf) -> Result<u16, ApiError> {
+    let handoff = shard.handoff();
+    let capacity: usize = handoff.links.iter().map(|link| link.events.capacity()).sum();
+    let database_up = if shard.status().db_ok.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
+    let text = registry.render(&[
         (
             "triggerd_ring_depth_events",
             "Events waiting in the rings for the storage core.",
-            shard.handoff.depth() as f64,
+            handoff.depth() as f64,
         ),
         ("triggerd_ring_capacity_events", "Capacity of all rings together.", capacity as f64),
         ("triggerd_database_up", "1 while the last write reached PostgreSQL.", database_up),
-        ("triggerd_http_cores", "HTTP cores serving.", shard.registry.cores.len() as f64),
+        ("triggerd_http_cores", "HTTP cores serving.", registry.cores.len() as f64),
     ]);
     response.body.extend_from_slice(text.as_bytes());
     response.content_type = Some(CONTENT_TYPE_TEXT);

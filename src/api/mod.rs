@@ -8,24 +8,42 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod inbox;
-pub mod json;
 pub mod keys;
 pub mod metrics;
 pub mod webhooks;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-
+use crate::handoff::commands::{Command, Reply};
 use crate::http::{Handler, Method, ProtocolError, Request, ResponseBuf};
-use crate::ingest::OVERLOADED_RETRY_AFTER_SECS;
+use crate::metrics::Registry;
 use crate::shard::Shard;
-use crate::storage::queries::Command;
-use crate::storage::StorageError;
 use error::ApiError;
 
-/// Every route the service serves. The discriminant indexes `metrics::ROUTE_LABELS`.
+/// Seconds a client should wait after a 503 for overload.
+pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
+
+/// Route labels for metrics, indexed by `Route` discriminant. `none`: the request never
+/// reached a route (protocol error, 404).
+pub const ROUTE_LABELS: &[&str] = &[
+    "none",
+    "health",
+    "health_ready",
+    "metrics",
+    "keys_generate",
+    "keys",
+    "keys_rotate",
+    "events",
+    "events_batch",
+    "inbox",
+    "ack",
+    "ack_batch",
+    "webhook_config",
+];
+
+/// Every route the service serves. The discriminant indexes `ROUTE_LABELS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Health = 1,
@@ -97,9 +115,12 @@ pub fn route(method: Method, path: &str) -> Result<Matched<'_>, ApiError> {
     }
 }
 
-/// The API as the HTTP layer sees it; one per core.
+/// The API as the HTTP layer sees it; one per core, built by the runtime.
 pub struct Api {
+    /// This core's state.
     pub shard: Rc<Shard>,
+    /// Every subsystem's counters, for `GET /metrics`.
+    pub registry: Arc<Registry>,
 }
 
 impl Api {
@@ -114,7 +135,7 @@ impl Api {
         match route {
             Route::Health => health::live(response),
             Route::Ready => health::ready(shard, response),
-            Route::Metrics => metrics::scrape(shard, response),
+            Route::Metrics => metrics::scrape(shard, &self.registry, response),
             Route::KeysGenerate => keys::generate(shard, request, response).await,
             Route::Keys => keys::show(shard, request, response).await,
             Route::KeysRotate => keys::rotate(shard, request, response).await,
@@ -144,10 +165,10 @@ impl Handler for Api {
         response.header(b"X-Request-Id", &request_id[..length]);
         if status >= 500 {
             let request_id = std::str::from_utf8(&request_id[..length]).unwrap_or_default();
-            let route = crate::metrics::ROUTE_LABELS[route_index];
+            let route = ROUTE_LABELS[route_index];
             tracing::warn!(request_id, route, status, "request answered with a server error");
         }
-        self.shard.metrics.request(route_index, status, started.elapsed());
+        self.shard.metrics().request(route_index, status, started.elapsed());
         status
     }
 
@@ -163,7 +184,7 @@ impl Handler for Api {
             ProtocolError::TooManyConnections => overloaded(),
         };
         let status = error.write(response);
-        self.shard.metrics.request(0, status, std::time::Duration::ZERO);
+        self.shard.metrics().request(0, status, std::time::Duration::ZERO);
         status
     }
 }
@@ -182,44 +203,23 @@ pub fn overloaded() -> ApiError {
 
 /// Sends a command to the storage core and awaits its answer. A full queue or a
 /// database failure is a 503: the client may retry.
-pub async fn ask<T>(
-    shard: &Shard,
-    command: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Command,
-) -> Result<T, ApiError> {
-    let (reply, answer) = oneshot::channel();
-    shard.storage.send(command(reply)).map_err(|_| overloaded())?;
+pub async fn ask<T>(shard: &Shard, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    shard.commands().send(command(reply)).map_err(|_| overloaded())?;
     answer.await.map_err(|_| ApiError::Internal)?.map_err(|error| {
         tracing::warn!(error = %error, "storage command failed");
         overloaded()
     })
 }
 
-/// The body's top-level object, refusing any key not in `allowed` (400 naming it).
-pub fn object_with_fields<'v, 'a>(
-    value: &'v simd_json::BorrowedValue<'a>,
-    allowed: &[&str],
-) -> Result<&'v simd_json::value::borrowed::Object<'a>, ApiError> {
-    use simd_json::prelude::*;
-    let object = value.as_object().ok_or_else(|| {
-        ApiError::invalid("body", "the body must be a JSON object (it is valid JSON of another shape)")
-    })?;
-    if let Some(key) = object.keys().find(|key| !allowed.contains(&key.as_ref())) {
-        return Err(ApiError::invalid(
-            key.to_string(),
-            format!("unknown field {key:?}; allowed: {}", allowed.join(", ")),
-        ));
-    }
-    Ok(object)
-}
-
 /// Gates and parses a JSON request body in place into a simd-json value, after the
 /// media type check.
 pub fn parse_json_body<'a>(
     request: &'a mut Request<'_>,
-    scratch: &mut crate::json::JsonScratch,
+    scratch: &mut crate::util::json::JsonScratch,
 ) -> Result<simd_json::BorrowedValue<'a>, ApiError> {
     require_json(request)?;
-    crate::ingest::validate::parse_json(request.body, scratch)
+    Ok(crate::ingest::validate::parse_json(request.body, scratch)?)
 }
 
 #[cfg(test)]
@@ -249,7 +249,7 @@ mod tests {
     #[test]
     fn route_discriminants_index_the_metric_labels() {
         for (template, route, _) in ROUTES {
-            let label = crate::metrics::ROUTE_LABELS[*route as usize];
+            let label = ROUTE_LABELS[*route as usize];
             let expected = template
                 .trim_start_matches("/api/")
                 .trim_start_matches('/')

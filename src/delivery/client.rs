@@ -28,6 +28,7 @@ use tokio_rustls::TlsConnector;
 
 use super::guard::is_forbidden;
 use super::schedule::{parse_retry_after, AttemptResult};
+use crate::util::url::Target;
 
 /// Idle connections kept per destination.
 pub const IDLE_PER_DESTINATION_MAX: usize = 4;
@@ -35,68 +36,6 @@ pub const IDLE_PER_DESTINATION_MAX: usize = 4;
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
 /// Destinations with idle connections kept at most.
 const DESTINATIONS_MAX: usize = 4096;
-
-/// A webhook URL taken apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub https: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path and query, at least "/".
-    pub path: String,
-}
-
-impl Target {
-    /// Splits an absolute http(s) URL (already validated when it was configured).
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let (https, rest) = if url.len() > 8 && url[..8].eq_ignore_ascii_case("https://") {
-            (true, &url[8..])
-        } else if url.len() > 7 && url[..7].eq_ignore_ascii_case("http://") {
-            (false, &url[7..])
-        } else {
-            return Err("not an http(s) URL".into());
-        };
-        let rest = rest.split('#').next().unwrap_or_default();
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(split);
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-        let default_port = if https { 443 } else { 80 };
-        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']').ok_or("bad IPv6 literal")?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match host_port.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (host_port, None),
-            }
-        };
-        let port = match port {
-            Some(port) => port.parse().map_err(|_| "bad port".to_string())?,
-            None => default_port,
-        };
-        if host.is_empty() {
-            return Err("no host".into());
-        }
-        let path = match path {
-            "" => "/".to_string(),
-            p if p.starts_with('?') => format!("/{p}"),
-            p => p.to_string(),
-        };
-        Ok(Target { https, host: host.to_ascii_lowercase(), port, path })
-    }
-
-    fn host_header(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        match (self.https, self.port) {
-            (true, 443) | (false, 80) => host,
-            _ => format!("{host}:{}", self.port),
-        }
-    }
-
-    fn key(&self) -> (bool, String, u16) {
-        (self.https, self.host.clone(), self.port)
-    }
-}
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -164,7 +103,7 @@ impl WebhookClient {
 
     fn take_idle(&self, target: &Target) -> Option<Sender> {
         let mut idle = self.idle.borrow_mut();
-        let senders = idle.get_mut(&target.key())?;
+        let senders = idle.get_mut(&(target.https, target.host.clone(), target.port))?;
         while let Some(sender) = senders.pop() {
             if sender.is_ready() {
                 return Some(sender);
@@ -175,13 +114,15 @@ impl WebhookClient {
 
     fn put_idle(&self, target: &Target, sender: Sender) {
         let mut idle = self.idle.borrow_mut();
-        if idle.len() >= DESTINATIONS_MAX && !idle.contains_key(&target.key()) {
+        if idle.len() >= DESTINATIONS_MAX
+            && !idle.contains_key(&(target.https, target.host.clone(), target.port))
+        {
             idle.retain(|_, senders| senders.iter().any(SendRequest::is_ready));
             if idle.len() >= DESTINATIONS_MAX {
                 return;
             }
         }
-        let senders = idle.entry(target.key()).or_default();
+        let senders = idle.entry((target.https, target.host.clone(), target.port)).or_default();
         if senders.len() < IDLE_PER_DESTINATION_MAX {
             senders.push(sender);
         }
@@ -234,24 +175,6 @@ async fn handshake<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(io: T) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_parse() {
-        let t = Target::parse("https://Example.com/hooks?a=1#frag").unwrap();
-        assert_eq!(
-            t,
-            Target { https: true, host: "example.com".into(), port: 443, path: "/hooks?a=1".into() }
-        );
-        assert_eq!(t.host_header(), "example.com");
-        let t = Target::parse("http://user:pw@127.0.0.1:9000").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 9000, "/"));
-        assert_eq!(t.host_header(), "127.0.0.1:9000");
-        let t = Target::parse("http://[::1]:8080?x").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("::1", 8080, "/?x"));
-        assert_eq!(t.host_header(), "[::1]:8080");
-        assert!(Target::parse("ftp://x").is_err());
-        assert!(Target::parse("http://:80/").is_err());
-    }
 
     #[test]
     fn private_destinations_are_refused_unless_allowed() {

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod guard;
+pub mod metrics;
 pub mod schedule;
 pub mod signing;
 pub mod store;
@@ -28,11 +29,11 @@ use hyper::body::Bytes;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
-use crate::api::json::ObjectWriter;
-use crate::http::date::unix_micros;
-use crate::metrics::DeliveryMetrics;
-use crate::storage::{Db, LazyConnection, Prepared};
+use crate::storage::pg::{Db, LazyConnection, Prepared};
+use crate::util::json::ObjectWriter;
+use crate::util::time::unix_micros;
 use client::WebhookClient;
+use metrics::DeliveryMetrics;
 use schedule::{Decision, RetrySchedule};
 use store::{Claimed, DeliveryStatements, Record};
 

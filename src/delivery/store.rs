@@ -69,13 +69,6 @@ fn claim_sql(due: &str) -> String {
     )
 }
 
-/// Switches push off for an organisation: its URL goes, and its pending deliveries
-/// that nobody holds are no longer due (claims only look at organisations with a URL).
-pub const SWITCH_OFF_SQL: &str = "
-WITH org AS (UPDATE organizations SET webhook_url = NULL, updated_at = now() WHERE org_id = $1 RETURNING org_id)
-UPDATE events SET next_attempt_at = NULL
-WHERE org_id = (SELECT org_id FROM org) AND next_attempt_at IS NOT NULL AND lease_owner IS NULL";
-
 /// Shared condition: a pending delivery whose attempt nobody holds.
 const CLAIMABLE: &str = "e.status = 'pending' AND (e.lease_until IS NULL OR e.lease_until < {NOW})";
 
@@ -86,7 +79,7 @@ fn only_owner(set: &str) -> String {
     )
 }
 
-impl crate::storage::PrepareStatements for DeliveryStatements {
+impl crate::storage::pg::PrepareStatements for DeliveryStatements {
     async fn prepare(client: &Client) -> Result<DeliveryStatements, tokio_postgres::Error> {
         let claimable = CLAIMABLE.replace("{NOW}", NOW);
         Ok(DeliveryStatements {
@@ -141,7 +134,7 @@ impl crate::storage::PrepareStatements for DeliveryStatements {
                     "attempts = attempts + $5::int4, last_error = coalesce($6, last_error), next_attempt_at = NULL",
                 ))
                 .await?,
-            switch_off: client.prepare(SWITCH_OFF_SQL).await?,
+            switch_off: client.prepare(crate::storage::queries::SWITCH_OFF_SQL).await?,
             due_stats: client
                 .prepare(&format!(
                     "SELECT count(*), (min(next_attempt_at) IS NOT NULL),

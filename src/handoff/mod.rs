@@ -11,6 +11,7 @@
 //! (flag-then-recheck with a SeqCst fence on both sides), so a busy storage core is
 //! never signalled and an idle one never misses an event.
 
+pub mod commands;
 pub mod tickets;
 
 use std::sync::atomic::{fence, AtomicUsize, Ordering};

@@ -4,7 +4,6 @@
 //! and writes responses in order (pipelining, keep-alive, timeouts, limits).
 
 pub mod conn;
-pub mod date;
 pub mod parser;
 pub mod response;
 

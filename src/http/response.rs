@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::date::http_date;
+use crate::util::time::http_date;
 
 /// Status lines with the headers every response carries, rendered once.
 fn status_head(status: u16) -> &'static [u8] {

@@ -6,19 +6,18 @@
 //! single event.
 
 use std::ops::Range;
-use std::time::SystemTime;
-
 use uuid::Uuid;
 
-use super::validate::EventFields;
-use super::RateState;
-use crate::api::error::ApiError;
+use simd_json::prelude::*;
+
+use super::validate::{event_from_value, gate, parse_gated, EventFields};
+use super::{IngestError, RateState};
 use crate::handoff::tickets::TicketFuture;
 use crate::handoff::Outcome;
-use crate::http::date::unix_micros;
+use crate::model::ratelimit::{reset_secs, Admission};
 use crate::model::Org;
-use crate::shard::ratelimit::{reset_secs, Admission};
 use crate::shard::Shard;
+use crate::util::json::{object_with_fields, JsonScratch};
 
 /// Most events in one batch request.
 pub const BATCH_EVENTS_MAX: usize = 1000;
@@ -97,19 +96,53 @@ pub fn array_element_spans(text: &[u8]) -> Vec<Range<usize>> {
     spans
 }
 
+/// The entries of a batch body, each validated on its own, with its exact text.
+pub type Entries = Vec<Result<(EventFields, String), IngestError>>;
+
+/// The batch body: `{"events": [...]}`, at most `BATCH_EVENTS_MAX` entries; each
+/// entry validated on its own and carried with its exact JSON text.
+pub fn decode_entries(body: &mut [u8], scratch: &mut JsonScratch) -> Result<Entries, IngestError> {
+    let text = gate(body, scratch)?.to_owned();
+    let value = parse_gated(body, scratch)?;
+    let object = object_with_fields(&value, &["events"])?;
+    let events = object
+        .get("events")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| IngestError::invalid("events", "events must be an array of event objects"))?;
+    if events.len() > BATCH_EVENTS_MAX {
+        return Err(IngestError::invalid("events", format!("at most {BATCH_EVENTS_MAX} events per batch")));
+    }
+    let spans = array_element_spans(text.as_bytes());
+    if spans.len() != events.len() {
+        // The gate admits only strict JSON, where the two cannot disagree; should they
+        // ever, the body is still the client's: a 400, never a 500.
+        tracing::warn!(
+            entries = events.len(),
+            spans = spans.len(),
+            "batch entry spans disagree with the parser"
+        );
+        return Err(IngestError::InvalidJson("the events array could not be split into its entries".into()));
+    }
+    Ok(events
+        .iter()
+        .zip(spans)
+        .map(|(entry, span)| event_from_value(entry).map(|fields| (fields, text[span].to_owned())))
+        .collect())
+}
+
 /// Admits, hands off and awaits every valid entry. `Err` (503, nothing stored) when
 /// this core cannot take all valid entries at once.
 pub async fn ingest_batch(
     shard: &Shard,
     org: &Org,
-    entries: Vec<Result<(EventFields, String), ApiError>>,
-    now: SystemTime,
-) -> Result<(Vec<EntryResult>, RateState), ApiError> {
+    entries: Entries,
+    now_micros: i64,
+) -> Result<(Vec<EntryResult>, RateState), IngestError> {
     let valid = entries.iter().filter(|e| e.is_ok()).count();
-    if valid > shard.tickets.free_slots() {
-        return Err(crate::api::overloaded());
+    if valid > shard.tickets().free_slots() {
+        return Err(IngestError::Overloaded);
     }
-    let created_at_micros = unix_micros(now);
+    let created_at_micros = now_micros;
     let now_ms = (created_at_micros / 1000) as u64;
     let limit = org.rate_limit_per_minute;
     let mut state = RateState::peek(org, now_ms);
@@ -136,7 +169,7 @@ pub async fn ingest_batch(
         };
         let record = super::new_record(shard, org, fields, body, created_at_micros);
         let id = record.id;
-        match shard.tickets.submit(record) {
+        match shard.tickets().submit(record) {
             Ok(ticket) => {
                 results.push(EntryResult::Overloaded);
                 pending.push((index, id, window, ticket));

@@ -1,22 +1,60 @@
-//! The ingest path of one event on its HTTP core: admit it against the organisation's
-//! rate window, give it a UUIDv7, push it onto the core's ring and await the storage
-//! core's verdict. The HTTP details (headers, status codes) stay in `api::events`.
+//! The ingest path of one event on its HTTP core: validate it (`validate`), admit it
+//! against the organisation's rate window, give it a UUIDv7, push it onto the core's
+//! ring and await the storage core's verdict. The HTTP details (headers, status codes)
+//! stay in `api::events`; this layer speaks `IngestError`.
 
 pub mod batch;
 pub mod validate;
 
-use std::time::SystemTime;
+use std::borrow::Cow;
 
 use uuid::Uuid;
 
-use crate::api::error::ApiError;
 use crate::handoff::tickets::SubmitError;
 use crate::handoff::{EventRecord, Outcome};
-use crate::http::date::unix_micros;
+use crate::model::ratelimit::{reset_secs, Admission};
 use crate::model::Org;
-use crate::shard::ratelimit::{reset_secs, Admission};
 use crate::shard::Shard;
+use crate::util::json::{GateError, ShapeError};
 use validate::EventFields;
+
+/// Why an event was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// Not JSON this service stores (the gate's verdict, or the parser's).
+    #[error("{0}")]
+    InvalidJson(String),
+    /// Valid JSON that breaks the event contract; `field` names the member.
+    #[error("{message}")]
+    Invalid { field: Cow<'static, str>, message: String },
+    /// The organisation's window is full.
+    #[error("the organisation's rate limit is exhausted; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// The organisation already has this `dedup_id` (the original's id).
+    #[error("an event with this dedup_id was already accepted")]
+    Duplicate { event_id: Uuid, dedup_id: String },
+    /// The write path is full or the database failed: nothing was stored, retry.
+    #[error("the database could not take the event now; nothing was stored")]
+    Overloaded,
+}
+
+impl IngestError {
+    pub fn invalid(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> IngestError {
+        IngestError::Invalid { field: field.into(), message: message.into() }
+    }
+}
+
+impl From<GateError> for IngestError {
+    fn from(error: GateError) -> IngestError {
+        IngestError::InvalidJson(error.to_string())
+    }
+}
+
+impl From<ShapeError> for IngestError {
+    fn from(error: ShapeError) -> IngestError {
+        IngestError::Invalid { field: error.field.into(), message: error.message }
+    }
+}
 
 /// A committed event.
 #[derive(Debug, Clone, Copy)]
@@ -39,9 +77,6 @@ impl RateState {
         RateState { limit: org.rate_limit_per_minute, remaining, reset_ms }
     }
 }
-
-/// Seconds a client should wait after a 503 for overload.
-pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 /// The record of an admitted event, with a fresh UUIDv7 for `created_at_micros`.
 pub fn new_record(
@@ -69,9 +104,9 @@ pub async fn ingest(
     org: &Org,
     fields: EventFields,
     body: String,
-    now: SystemTime,
-) -> (Result<Accepted, ApiError>, RateState) {
-    let created_at_micros = unix_micros(now);
+    now_micros: i64,
+) -> (Result<Accepted, IngestError>, RateState) {
+    let created_at_micros = now_micros;
     let now_ms = (created_at_micros / 1000) as u64;
     let limit = org.rate_limit_per_minute;
     let window = match org.rate.try_admit(now_ms, limit) {
@@ -80,33 +115,33 @@ pub async fn ingest(
         }
         Admission::Limited { reset_ms } => {
             let state = RateState { limit, remaining: 0, reset_ms };
-            return (Err(ApiError::RateLimited { retry_after_secs: reset_secs(reset_ms) }), state);
+            return (Err(IngestError::RateLimited { retry_after_secs: reset_secs(reset_ms) }), state);
         }
     };
     let (mut state, window_id) = window;
     let dedup_id = fields.dedup_id.clone();
     let record = new_record(shard, org, fields, body, created_at_micros);
     let id = record.id;
-    let ticket = match shard.tickets.submit(record) {
+    let ticket = match shard.tickets().submit(record) {
         Ok(ticket) => ticket,
         Err(SubmitError::Full) => {
             org.rate.refund(window_id);
             state.remaining += 1;
-            return (Err(crate::api::overloaded()), state);
+            return (Err(IngestError::Overloaded), state);
         }
     };
     let result = match ticket.await {
         Outcome::Accepted => Ok(Accepted { id, created_at_micros }),
         Outcome::Duplicate { original } => {
-            Err(ApiError::DuplicateEvent { event_id: original, dedup_id: dedup_id.unwrap_or_default() })
+            Err(IngestError::Duplicate { event_id: original, dedup_id: dedup_id.unwrap_or_default() })
         }
         Outcome::Rejected { message } => {
-            Err(ApiError::invalid("payload", format!("the database refused this event: {message}")))
+            Err(IngestError::invalid("payload", format!("the database refused this event: {message}")))
         }
         Outcome::Unavailable => {
             org.rate.refund(window_id);
             state.remaining += 1;
-            Err(crate::api::overloaded())
+            Err(IngestError::Overloaded)
         }
     };
     (result, state)

@@ -2,7 +2,7 @@
 //!
 //! `{"type": string 1..=255 bytes, "payload": object, "dedup_id"?: string 1..=255
 //! bytes}`; unknown top-level fields are refused. Every body first passes the gate
-//! (`crate::json::gate`): bounded depth, no repeated member names, no `\u0000` or
+//! (`crate::util::json::gate`): bounded depth, no repeated member names, no `\u0000` or
 //! unpaired surrogates, numbers PostgreSQL's `numeric` holds. Only then does simd-json
 //! parse it (its recursion is bounded by the gate's depth limit), so PostgreSQL never
 //! refuses an event that passed, and the payload it stores is the one read here.
@@ -10,8 +10,8 @@
 use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
 
-use crate::api::error::ApiError;
-use crate::json::JsonScratch;
+use super::IngestError;
+use crate::util::json::{object_with_fields, JsonScratch};
 
 /// Longest `type` and `dedup_id`, in bytes.
 pub const FIELD_BYTES_MAX: usize = 255;
@@ -24,43 +24,53 @@ pub struct EventFields {
 }
 
 /// Runs the gate over `body`; on success returns the body as text.
-pub fn gate<'b>(body: &'b [u8], scratch: &mut JsonScratch) -> Result<&'b str, ApiError> {
-    scratch.gate.check(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+pub fn gate<'b>(body: &'b [u8], scratch: &mut JsonScratch) -> Result<&'b str, IngestError> {
+    scratch.gate.check(body).map_err(IngestError::from)
 }
 
 /// Parses a body that passed `gate`, in place (it is scratch afterwards).
-pub fn parse_gated<'a>(body: &'a mut [u8], scratch: &mut JsonScratch) -> Result<Value<'a>, ApiError> {
+pub fn parse_gated<'a>(body: &'a mut [u8], scratch: &mut JsonScratch) -> Result<Value<'a>, IngestError> {
     simd_json::value::borrowed::to_value_with_buffers(body, &mut scratch.buffers)
-        .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))
+        .map_err(|e| IngestError::InvalidJson(format!("the request body is not valid JSON: {e}")))
 }
 
 /// Gates and parses a JSON body in place (it is scratch afterwards).
-pub fn parse_json<'a>(body: &'a mut [u8], scratch: &mut JsonScratch) -> Result<Value<'a>, ApiError> {
+pub fn parse_json<'a>(body: &'a mut [u8], scratch: &mut JsonScratch) -> Result<Value<'a>, IngestError> {
     gate(body, scratch)?;
     parse_gated(body, scratch)
 }
 
+/// A single event's body: its contract fields and its exact text (which travels to
+/// PostgreSQL, so it is copied before simd-json parses the body in place).
+pub fn decode_event(
+    body: &mut [u8],
+    scratch: &mut JsonScratch,
+) -> Result<(EventFields, String), IngestError> {
+    let text = gate(body, scratch)?.to_owned();
+    let fields = event_from_value(&parse_gated(body, scratch)?)?;
+    Ok((fields, text))
+}
+
 /// Gates, parses and validates one event body in place.
-pub fn validate_event(body: &mut [u8], scratch: &mut JsonScratch) -> Result<EventFields, ApiError> {
+pub fn validate_event(body: &mut [u8], scratch: &mut JsonScratch) -> Result<EventFields, IngestError> {
     let value = parse_json(body, scratch)?;
     event_from_value(&value)
 }
 
 /// Validates one event object (a whole body, or one entry of a batch).
-pub fn event_from_value(value: &Value<'_>) -> Result<EventFields, ApiError> {
-    let object = crate::api::object_with_fields(value, &["type", "payload", "dedup_id"])?;
+pub fn event_from_value(value: &Value<'_>) -> Result<EventFields, IngestError> {
+    let object = object_with_fields(value, &["type", "payload", "dedup_id"])?;
     let event_type = match object.get("type") {
         None | Some(Value::Static(simd_json::StaticNode::Null)) => {
-            return Err(ApiError::invalid("type", "type is required"))
+            return Err(IngestError::invalid("type", "type is required"))
         }
-        Some(value) => {
-            bounded_string(value).map_err(|problem| ApiError::invalid("type", format!("type {problem}")))?
-        }
+        Some(value) => bounded_string(value)
+            .map_err(|problem| IngestError::invalid("type", format!("type {problem}")))?,
     };
     match object.get("payload") {
-        None => return Err(ApiError::invalid("payload", "payload is required")),
+        None => return Err(IngestError::invalid("payload", "payload is required")),
         Some(payload) if !payload.is_object() => {
-            return Err(ApiError::invalid("payload", "payload must be a JSON object"))
+            return Err(IngestError::invalid("payload", "payload must be a JSON object"))
         }
         Some(_) => {}
     }
@@ -68,7 +78,7 @@ pub fn event_from_value(value: &Value<'_>) -> Result<EventFields, ApiError> {
         None | Some(Value::Static(simd_json::StaticNode::Null)) => None,
         Some(value) => Some(
             bounded_string(value)
-                .map_err(|problem| ApiError::invalid("dedup_id", format!("dedup_id {problem}")))?,
+                .map_err(|problem| IngestError::invalid("dedup_id", format!("dedup_id {problem}")))?,
         ),
     };
     Ok(EventFields { event_type, dedup_id })
@@ -90,11 +100,12 @@ mod tests {
     fn check(body: &str) -> Result<EventFields, (u16, String)> {
         let mut bytes = body.as_bytes().to_vec();
         validate_event(&mut bytes, &mut JsonScratch::default()).map_err(|e| {
-            let field = match &e {
-                ApiError::InvalidRequest { field, .. } => field.to_string(),
-                _ => String::new(),
+            let (code, field) = match &e {
+                IngestError::Invalid { field, .. } => ("invalid_request", field.to_string()),
+                IngestError::InvalidJson(_) => ("invalid_json", String::new()),
+                other => panic!("{other:?}"),
             };
-            (e.status(), format!("{}:{field}", e.code()))
+            (400, format!("{code}:{field}"))
         })
     }
 
@@ -147,7 +158,7 @@ mod tests {
             b"{\"type\":\"t\",\"payload\":{\"a\":[null\0?]}}",
         ] {
             let error = validate_event(&mut body.to_vec(), &mut JsonScratch::default()).unwrap_err();
-            assert_eq!(error.code(), "invalid_json", "{}", String::from_utf8_lossy(body));
+            assert!(matches!(error, IngestError::InvalidJson(_)), "{}", String::from_utf8_lossy(body));
         }
     }
 
@@ -155,6 +166,6 @@ mod tests {
     fn invalid_utf8_is_invalid_json() {
         let mut bytes = b"{\"type\":\"\xff\",\"payload\":{}}".to_vec();
         let error = validate_event(&mut bytes, &mut JsonScratch::default()).unwrap_err();
-        assert_eq!(error.code(), "invalid_json");
+        assert!(matches!(error, IngestError::InvalidJson(_)));
     }
 }

@@ -119,12 +119,12 @@ pub fn busy_poll(value: Option<u64>) -> Verdict {
 /// Reads the host and returns every verdict.
 pub fn inspect(http_cores: usize, connections_per_core: usize) -> Vec<Verdict> {
     let number = |name: &str| sysctl(name).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
-    let cpus = super::available_cpus();
-    let mut verdicts = vec![match super::check_io_uring() {
+    let cpus = crate::util::sys::available_cpus();
+    let mut verdicts = vec![match crate::util::sys::check_io_uring() {
         Ok(()) => Verdict::Ok("io_uring: available".into()),
         Err(why) => Verdict::Fail(why),
     }];
-    verdicts.push(memlock(super::memlock_bytes(), http_cores));
+    verdicts.push(memlock(crate::util::sys::memlock_bytes(), http_cores));
     verdicts.push(cores(cpus, http_cores));
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit struct into a live local.

@@ -1,294 +1,255 @@
-//! Core placement and executors: the only place (with `http/`) that names glommio.
-//!
-//! One glommio `LocalExecutor` per HTTP core, pinned, each with its own
-//! `SO_REUSEPORT` listener so the kernel spreads connections over the cores and no
-//! accept lock is shared. Core 0 binds first; the others bind the port it got (so
-//! `--listen 127.0.0.1:0` works for tests).
+//! The composition root: the one place that assembles the layers. `serve` checks the
+//! host, opens the database (the embedded cluster or `--database-url`), starts the
+//! storage thread with the delivery engine on it, the Argon2 pool and the HTTP cores,
+//! prints the listening line, and on SIGINT/SIGTERM shuts down in order. Everything
+//! below is built from here and knows nothing of what sits above it.
 
 pub mod check;
+pub mod config;
+pub mod config_file;
+pub mod cores;
 
-use std::cell::Cell;
-use std::net::SocketAddr;
+use std::io::Write as _;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use tokio::sync::mpsc;
 
-use crate::api::Api;
-use crate::handoff::Control;
-use crate::http::{conn, ConnectionLimits, Drain};
-use crate::shard::{Shard, ShardParts};
+use crate::auth::pool::HashPool;
+use crate::delivery::{DeliveryControl, Engine, HANDOFF_QUEUE_MAX};
+use crate::handoff::commands::{CommandSender, StorageStatus};
+use crate::handoff::{Control, Handoff};
+use crate::http::ConnectionLimits;
+use crate::metrics::Registry;
+use crate::shard::{ShardParts, ShardSettings};
+use crate::storage::local_pg::LocalPg;
+use crate::storage::retention::RetentionConfig;
+use crate::storage::{self, BatchLimits, StorageConfig};
+use crate::util::{error_chain, sys};
+use config::{LogFormat, ServeConfig};
+pub use cores::{HttpCores, IO_MEMORY_BYTES, MEMLOCK_BYTES_MIN};
 
-/// io_uring buffer memory per executor. glommio locks it in RAM, so it must fit the
-/// memlock limit for all cores; 256 KiB is ample for sockets (no file I/O here).
-pub const IO_MEMORY_BYTES: usize = 256 * 1024;
-/// Smallest memlock limit glommio accepts.
-pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+/// Commands executing at once per lane on the storage thread.
+const COMMANDS_IN_FLIGHT_MAX: usize = 256;
 
-/// Number of CPUs this process may run on.
-pub fn available_cpus() -> usize {
-    allowed_cpus().len()
-}
-
-/// The CPUs this process may run on (its affinity mask, e.g. systemd's CPUAffinity or
-/// taskset), in increasing order.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; sched_getaffinity(0, …)
-    // writes at most size_of::<cpu_set_t>() bytes into it; CPU_ISSET reads within it
-    // for indexes below CPU_SETSIZE.
-    let allowed: Vec<usize> = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            Vec::new()
-        } else {
-            (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
-        }
+/// Runs `triggerd serve` until a shutdown signal; `Err` is the message to print.
+pub fn serve(config: ServeConfig) -> Result<(), String> {
+    config.validate()?;
+    init_logging(&config.log, config.log_format);
+    let signals = block_shutdown_signals();
+    check_host()?;
+    let http_cores = config.http_cores(sys::available_cpus());
+    let mut plan = cores::plan_placement(http_cores, &sys::allowed_cpus());
+    if config.storage_cpu.is_some() {
+        plan.storage_cpu = config.storage_cpu;
+    }
+    let (database, managed) = open_database(&config)?;
+    let handoff = Handoff::new(http_cores, config.ring_capacity);
+    let registry = Registry::new(http_cores, crate::api::ROUTE_LABELS);
+    let status = Arc::new(StorageStatus::default());
+    let (commands, lanes) = CommandSender::channels(config.command_queue_max);
+    let deliveries = Arc::new(DeliveryControl::default());
+    let storage_config = storage_config(&config, database, plan.storage_cpu, &registry, &deliveries)?;
+    storage::start(storage_config, Arc::clone(&handoff), lanes, Arc::clone(&status))
+        .map_err(|e| e.to_string())?;
+    let hash_pool = HashPool::start(config.argon2_threads, config.argon2_queue_max, config.argon2_memory_kib)
+        .map_err(|e| e.to_string())?;
+    let setup = cores::CoreSetup {
+        parts: ShardParts {
+            handoff: Arc::clone(&handoff),
+            commands,
+            status,
+            hash_pool,
+            metrics: registry.cores.clone(),
+            settings: Arc::new(shard_settings(&config)),
+        },
+        registry,
+        limits: connection_limits(&config),
+        connections_max: config.connections_per_core_max,
     };
-    if allowed.is_empty() {
-        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
-    } else {
-        allowed
-    }
-}
+    warn_if_open_files_short(&config, http_cores);
+    let cores = cores::start_http_cores(config.listen, &plan.http_cpus, setup).map_err(|e| e.to_string())?;
+    tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, "cores started");
+    // The line tests and scripts wait for: printed once every core accepts.
+    writeln!(std::io::stdout(), "triggerd listening on http://{}", cores.local_addr)
+        .map_err(|e| e.to_string())?;
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
 
-/// Pins the calling thread to `cpu`. Best effort: a failure is logged, not fatal.
-pub fn pin_current_thread(cpu: usize) {
-    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes within
-    // it for cpu < CPU_SETSIZE (cpu is below the CPU count); sched_setaffinity(0, …)
-    // reads `size_of::<cpu_set_t>()` bytes from a live local.
-    let result = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if result != 0 {
-        tracing::warn!(cpu, error = %std::io::Error::last_os_error(), "could not pin thread");
-    }
-}
-
-/// Probes io_uring with a one-entry ring. `Err` carries a one-line explanation of
-/// what the kernel or container must allow.
-pub fn check_io_uring() -> Result<(), String> {
-    // io_uring_params is 120 bytes; the kernel fills it in. Zeroed is a valid request.
-    let mut params = [0u8; 120];
-    // SAFETY: io_uring_setup(entries, params) reads and writes exactly the 120-byte
-    // io_uring_params struct behind the pointer, which outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
-    if fd >= 0 {
-        // SAFETY: fd is a descriptor this function just opened and nothing else owns.
-        unsafe { libc::close(fd as i32) };
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    Err(format!(
-        "io_uring is unavailable ({error}): triggerd needs Linux >= 5.8 with io_uring enabled \
-         (sysctl kernel.io_uring_disabled=0) and, in a container, a seccomp profile that allows \
-         io_uring_setup, io_uring_enter and io_uring_register"
-    ))
-}
-
-/// Raises the soft limit on open files to the hard limit (each connection is one).
-/// Returns the limit now in force.
-pub fn raise_open_files_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write one rlimit struct in a live local.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
+    let signal = wait_for_signal(&signals);
+    shut_down(signal, &config, &handoff, &deliveries, &cores);
+    if let Some(cluster) = managed.filter(|_| config.pg_stop_on_exit) {
+        if let Err(e) = cluster.stop() {
+            tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
         }
     }
-    limit.rlim_cur
+    Ok(())
 }
 
-/// The soft memlock limit in bytes (`None` = unlimited).
-pub fn memlock_bytes() -> Option<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit struct into a live local.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
-    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("HTTP core {core} failed to start: {reason}")]
-    Core { core: usize, reason: String },
-}
-
-/// The running HTTP cores.
-pub struct HttpCores {
-    pub local_addr: SocketAddr,
-    pub handles: Vec<ExecutorJoinHandle<()>>,
-    /// Open connections over all cores (changes on connect and close only).
-    pub connections: Arc<AtomicUsize>,
-}
-
-/// Where each HTTP core and the storage thread run.
-#[derive(Debug, Clone)]
-pub struct CorePlan {
-    pub http_cpus: Vec<usize>,
-    pub storage_cpu: Option<usize>,
-}
-
-/// Default placement over the allowed CPUs (in order): HTTP cores on the first ones,
-/// the storage core alone on the last one when there is one to spare, unpinned
-/// otherwise. More HTTP cores than CPUs share them round-robin.
-pub fn plan_placement(http_cores: usize, allowed: &[usize]) -> CorePlan {
-    assert!(!allowed.is_empty());
-    let http_cpus = (0..http_cores).map(|i| allowed[i % allowed.len()]).collect();
-    let storage_cpu = (http_cores < allowed.len()).then(|| allowed[allowed.len() - 1]);
-    CorePlan { http_cpus, storage_cpu }
-}
-
-/// Starts one executor per entry of `cpus`; returns once every core listens.
-pub fn start_http_cores(
-    listen: SocketAddr,
-    cpus: &[usize],
-    parts: ShardParts,
-    limits: ConnectionLimits,
-    connections_max: usize,
-) -> Result<HttpCores, RuntimeError> {
-    let mut handles = Vec::with_capacity(cpus.len());
-    let connections = Arc::new(AtomicUsize::new(0));
-    let mut address = listen;
-    for (core, &cpu) in cpus.iter().enumerate() {
-        let (bound, bound_at) = mpsc::channel::<Result<SocketAddr, String>>();
-        let parts = parts.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("triggerd-http-{core}"))
-            .io_memory(IO_MEMORY_BYTES)
-            .spawn({
-                let connections = Arc::clone(&connections);
-                move || serve_core(core, address, parts, limits, connections_max, connections, bound)
-            })
-            .map_err(|e| RuntimeError::Core { core, reason: e.to_string() })?;
-        match bound_at.recv() {
-            Ok(Ok(actual)) => address = actual,
-            Ok(Err(reason)) => return Err(RuntimeError::Core { core, reason }),
-            Err(_) => {
-                let reason = match handle.join() {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "exited during start-up".into(),
-                };
-                return Err(RuntimeError::Core { core, reason });
-            }
-        }
-        handles.push(handle);
-    }
-    Ok(HttpCores { local_addr: address, handles, connections })
-}
-
-/// The life of one HTTP core: its shard, its dispatcher, its accept loop.
-async fn serve_core(
-    core: usize,
-    address: SocketAddr,
-    parts: ShardParts,
-    limits: ConnectionLimits,
-    connections_max: usize,
-    connections: Arc<AtomicUsize>,
-    bound: mpsc::Sender<Result<SocketAddr, String>>,
-) {
-    let listener = match TcpListener::bind(address) {
-        Ok(listener) => listener,
-        Err(e) => {
-            let _ = bound.send(Err(format!("cannot listen on {address}: {e}")));
-            return;
-        }
-    };
-    let _ = bound.send(listener.local_addr().map_err(|e| e.to_string()));
-    let shard = Rc::new(Shard::new(core, parts));
-    let dispatcher_shard = Rc::clone(&shard);
-    let drain = Rc::new(Drain::default());
-    let dispatcher_drain = Rc::clone(&drain);
-    glommio::spawn_local(async move {
-        let shard = &*dispatcher_shard;
-        shard
-            .tickets
-            .dispatch(|control| match control {
-                Control::Drain => dispatcher_drain.start(),
-                other => shard.apply(other),
-            })
-            .await;
+/// The storage thread's settings, with the delivery engine started on it.
+fn storage_config(
+    config: &ServeConfig,
+    database: tokio_postgres::Config,
+    cpu: Option<usize>,
+    registry: &Registry,
+    deliveries: &Arc<DeliveryControl>,
+) -> Result<StorageConfig, String> {
+    let statement_timeout = Duration::from_millis(config.statement_timeout_ms);
+    let (committed, handed) = mpsc::channel(HANDOFF_QUEUE_MAX);
+    let (delivery, metrics, control) =
+        (config.delivery()?, Arc::clone(&registry.deliveries), Arc::clone(deliveries));
+    Ok(StorageConfig {
+        database,
+        batch: BatchLimits {
+            events_max: config.batch_events_max,
+            bytes_max: config.batch_bytes_max,
+            statement_timeout,
+        },
+        writers: config.writers,
+        commands_in_flight_max: COMMANDS_IN_FLIGHT_MAX,
+        statement_timeout,
+        cpu,
+        metrics: Arc::clone(&registry.storage),
+        retention: RetentionConfig {
+            retention_days: config.retention_days,
+            ahead_days: config.partitions_ahead_days,
+            interval: Duration::from_millis(config.maintenance_interval_ms),
+        },
+        committed: Some(committed),
+        on_start: Some(Box::new(move |db| {
+            let engine = Engine::new(db, delivery, metrics, control);
+            tokio::task::spawn_local(Rc::clone(&engine).run(handed));
+        })),
     })
-    .detach();
-    let api = Rc::new(Api { shard });
-    let open = Rc::new(Cell::new(0usize));
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            drain.wait().await;
-            None
-        })
-        .await;
-        let Some(accepted) = accepted else {
-            // Draining: the listener closes here. The executor must outlive its
-            // connections (returning would drop their tasks mid-request), so wait for
-            // them; each closes after its current request, idle ones at once.
-            drop(listener);
-            tracing::info!(core, open = open.get(), "stopped accepting");
-            while open.get() > 0 {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-            return;
-        };
-        match accepted {
-            Ok(stream) if open.get() >= connections_max => {
-                glommio::spawn_local(conn::refuse(stream, Rc::clone(&api), limits)).detach();
-            }
-            Ok(stream) => {
-                open.set(open.get() + 1);
-                connections.fetch_add(1, Ordering::AcqRel);
-                let (api, open, drain, connections) =
-                    (Rc::clone(&api), Rc::clone(&open), Rc::clone(&drain), Arc::clone(&connections));
-                glommio::spawn_local(async move {
-                    conn::serve(stream, api, limits, drain).await;
-                    open.set(open.get() - 1);
-                    connections.fetch_sub(1, Ordering::AcqRel);
-                })
-                .detach();
-            }
-            Err(e) => {
-                // Out of descriptors or memory: back off briefly instead of spinning.
-                tracing::warn!(core, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
+}
+
+fn shard_settings(config: &ServeConfig) -> ShardSettings {
+    ShardSettings {
+        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+        key_cache_max: config.key_cache_max,
+        negative_cache_max: config.negative_cache_max,
+        key_failures_per_id_max: config.key_failures_per_id_max,
+        key_failures_per_address_max: config.key_failures_per_address_max,
+        signups_per_address_max: config.signups_per_address_max,
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placement_keeps_a_cpu_for_storage_when_it_can() {
-        let plan = plan_placement(1, &[0, 1]);
-        assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0], Some(1)));
-        let plan = plan_placement(2, &[0, 1]);
-        assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0, 1], None));
-        let plan = plan_placement(3, &[0, 1]);
-        assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![0, 1, 0], None));
+fn connection_limits(config: &ServeConfig) -> ConnectionLimits {
+    ConnectionLimits {
+        header_timeout: Duration::from_millis(config.header_timeout_ms),
+        body_timeout: Duration::from_millis(config.body_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        write_timeout: Duration::from_millis(config.write_timeout_ms),
     }
+}
 
-    #[test]
-    fn placement_follows_the_affinity_mask() {
-        // CPUAffinity=2-7 with 5 HTTP cores: HTTP on 2-6, storage on 7.
-        let plan = plan_placement(5, &[2, 3, 4, 5, 6, 7]);
-        assert_eq!((plan.http_cpus, plan.storage_cpu), (vec![2, 3, 4, 5, 6], Some(7)));
+/// What the kernel must allow before anything starts.
+fn check_host() -> Result<(), String> {
+    sys::check_io_uring()?;
+    if let Some(limit) = sys::memlock_bytes().filter(|&l| l < MEMLOCK_BYTES_MIN) {
+        return Err(format!(
+            "the memlock limit is {limit} bytes; io_uring needs at least {MEMLOCK_BYTES_MIN} (ulimit -l 512, or LimitMEMLOCK= in systemd)"
+        ));
     }
+    Ok(())
+}
 
-    #[test]
-    fn this_process_has_allowed_cpus() {
-        let allowed = allowed_cpus();
-        assert!(!allowed.is_empty() && allowed.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(available_cpus(), allowed.len());
+fn warn_if_open_files_short(config: &ServeConfig, http_cores: usize) {
+    let open_files = sys::raise_open_files_limit();
+    let connections = config.connections_per_core_max.saturating_mul(http_cores) as u64;
+    if open_files < connections + 64 {
+        tracing::warn!(
+            open_files,
+            connections,
+            "the open-file limit is below the connection limit (ulimit -n)"
+        );
     }
+}
+
+/// The database to use, and the embedded cluster if this process started it.
+fn open_database(config: &ServeConfig) -> Result<(tokio_postgres::Config, Option<LocalPg>), String> {
+    if let Some(url) = &config.database_url {
+        return Ok((tokio_postgres::Config::from_str(url).map_err(|e| format!("DATABASE_URL: {e}"))?, None));
+    }
+    let cluster = LocalPg::new(&config.data_dir, config.pg_port).map_err(|e| e.to_string())?;
+    cluster.start().map_err(|e| e.to_string())?;
+    block_on(cluster.ensure_database())?.map_err(|e| error_chain(&e))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "embedded PostgreSQL running");
+    let url = cluster.database_url();
+    Ok((tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?, Some(cluster)))
+}
+
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Runs a future to completion on a throwaway current-thread runtime (start-up and
+/// one-shot subcommands only).
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    Ok(runtime.block_on(future))
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts later, so that
+/// `wait_for_signal` receives them synchronously.
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use; the mask
+    // change affects only signal delivery.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` is an initialised sigset_t and `signal` a live local.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
+
+/// Graceful shutdown, bounded by --shutdown-timeout-ms: every core stops accepting and
+/// closes idle connections; requests in progress are answered (with Connection: close).
+/// An ingest request is answered only after its commit, so once the connections are
+/// gone every acknowledged event is committed. Then deliveries in flight may finish.
+fn shut_down(
+    signal: i32,
+    config: &ServeConfig,
+    handoff: &Handoff,
+    deliveries: &DeliveryControl,
+    cores: &HttpCores,
+) {
+    let deadline = Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
+    tracing::info!(signal, "shutting down: draining connections");
+    for link in &handoff.links {
+        while link.send_control(Control::Drain).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let wait = |what: &str, busy: &dyn Fn() -> usize| {
+        while busy() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if busy() > 0 {
+            tracing::warn!(left = busy(), "shutdown timeout reached with {what} still open");
+        }
+    };
+    wait("connections", &|| cores.connections.load(Ordering::Acquire));
+    deliveries.stop.store(true, Ordering::Release);
+    wait("deliveries", &|| deliveries.in_flight.load(Ordering::Acquire));
+    tracing::info!("shut down cleanly");
 }

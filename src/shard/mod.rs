@@ -1,27 +1,30 @@
-//! The per-core state of an HTTP core: its key table, its ticket slab, its id
-//! generator and its JSON buffers. Everything here is owned by one core and touched
-//! only by it (`RefCell`, never a lock); what crosses cores is the rate window (an
-//! atomic) and the hand-off rings.
+//! The per-core state of an HTTP core: its key table and the key-cache protocol
+//! (`auth`), its fairness counters, its ticket slab, its id generator, its page slots,
+//! its JSON scratch space and its counters. Everything here is owned by one core and
+//! touched only by it (`RefCell`, never a lock); what crosses cores is the rate window
+//! (an atomic), the hand-off rings and the command queues.
 
+pub mod auth;
 pub mod keytable;
-pub mod ratelimit;
+pub mod metrics;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use ahash::AHashMap;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::auth::pool::HashPool;
-use crate::auth::throttle::Throttle;
+use crate::auth::throttle::{address_key, Refused, Throttle};
+use crate::handoff::commands::{CommandSender, StorageStatus};
 use crate::handoff::tickets::Tickets;
 use crate::handoff::{Control, Handoff};
-use crate::metrics::{CoreMetrics, Registry};
-use crate::model::Org;
-use crate::storage::StorageHandle;
+use crate::util::ids::IdGenerator;
+use crate::util::json::JsonScratch;
 use keytable::KeyTable;
+use metrics::CoreMetrics;
 
 /// Settings every core reads; fixed at start-up.
 #[derive(Debug, Clone)]
@@ -44,21 +47,23 @@ const THROTTLE_ENTRIES_MAX: usize = 65_536;
 pub const ROTATIONS_PER_ORG_MAX: u32 = 10;
 
 /// This core's fairness counters (`auth::throttle`).
-pub struct Throttles {
-    pub key_failures_by_id: Throttle<i64>,
-    pub key_failures_by_address: Throttle<u128>,
-    pub signups_by_address: Throttle<u128>,
-    pub rotations_by_org: Throttle<Uuid>,
+struct Throttles {
+    key_failures_by_id: Throttle<i64>,
+    key_failures_by_address: Throttle<u128>,
+    signups_by_address: Throttle<u128>,
+    rotations_by_org: Throttle<Uuid>,
 }
 
 /// Shared resources a core is built from (all `Send`, cloned into each core thread).
 #[derive(Clone)]
 pub struct ShardParts {
     pub handoff: Arc<Handoff>,
-    pub storage: StorageHandle,
+    pub commands: CommandSender,
+    pub status: Arc<StorageStatus>,
     pub hash_pool: HashPool,
     pub settings: Arc<ShardSettings>,
-    pub metrics: Arc<Registry>,
+    /// One per core, by core number.
+    pub metrics: Vec<Arc<CoreMetrics>>,
 }
 
 /// Inbox pages (up to 4 MiB of event JSON each, held twice while written: built and
@@ -78,33 +83,30 @@ impl Drop for PageSlot {
     }
 }
 
-/// Waiters for a key that one request on this core is already resolving.
-pub type AuthWaiters = Vec<oneshot::Sender<Option<Arc<Org>>>>;
-
+/// One HTTP core's state. Created on its core's thread, dies with it.
 pub struct Shard {
-    pub core: usize,
-    pub keys: RefCell<KeyTable>,
-    /// Key digests being resolved right now, with the requests waiting on them
-    /// (single flight: one Argon2 verification per key per core, however many
-    /// connections present it at once).
-    pub resolving: RefCell<AHashMap<[u8; 32], AuthWaiters>>,
-    pub tickets: Tickets,
-    pub storage: StorageHandle,
-    pub hash_pool: HashPool,
-    pub handoff: Arc<Handoff>,
-    pub settings: Arc<ShardSettings>,
-    /// Every core's counters (for `/metrics`) and this core's own, which only it writes.
-    pub registry: Arc<Registry>,
-    pub metrics: Arc<CoreMetrics>,
+    core: usize,
+    /// Verified and known-bad keys; only `auth` reads and writes it.
+    keys: RefCell<KeyTable>,
+    /// Key digests being resolved right now, with the requests waiting on them.
+    resolving: RefCell<AHashMap<[u8; 32], auth::Waiters>>,
+    tickets: Tickets,
+    commands: CommandSender,
+    status: Arc<StorageStatus>,
+    hash_pool: HashPool,
+    handoff: Arc<Handoff>,
+    settings: Arc<ShardSettings>,
+    /// This core's counters, which only it writes.
+    metrics: Arc<CoreMetrics>,
     ids: RefCell<IdGenerator>,
     /// Requests served by this core, for request ids.
-    requests: std::cell::Cell<u64>,
-    /// Fairness counters for costly work; core-local.
-    pub throttles: RefCell<Throttles>,
+    requests: Cell<u64>,
+    /// Fairness counters for costly work.
+    throttles: RefCell<Throttles>,
     /// Page slots not taken (`PAGE_SLOTS_PER_CORE` at most).
     page_slots: Rc<Cell<usize>>,
-    /// The JSON gate's and simd-json's scratch space, reused by every request on this core.
-    pub json: RefCell<crate::json::JsonScratch>,
+    /// The JSON gate's and simd-json's scratch space, reused by every request.
+    json: RefCell<JsonScratch>,
 }
 
 impl Shard {
@@ -121,24 +123,64 @@ impl Shard {
         };
         Shard {
             core,
-            keys: RefCell::new(KeyTable::new(
-                parts.settings.key_cache_max,
-                parts.settings.negative_cache_max,
-            )),
+            keys: RefCell::new(KeyTable::new(settings.key_cache_max, settings.negative_cache_max)),
             resolving: RefCell::new(AHashMap::new()),
             tickets: Tickets::new(Arc::clone(&parts.handoff), core),
-            storage: parts.storage,
+            commands: parts.commands,
+            status: parts.status,
             hash_pool: parts.hash_pool,
+            metrics: Arc::clone(&parts.metrics[core]),
             handoff: parts.handoff,
             settings: parts.settings,
-            metrics: Arc::clone(&parts.metrics.cores[core]),
-            registry: parts.metrics,
             ids: RefCell::new(IdGenerator::seeded()),
-            requests: std::cell::Cell::new(0),
-            page_slots: Rc::new(Cell::new(PAGE_SLOTS_PER_CORE)),
+            requests: Cell::new(0),
             throttles: RefCell::new(throttles),
-            json: RefCell::new(crate::json::JsonScratch::default()),
+            page_slots: Rc::new(Cell::new(PAGE_SLOTS_PER_CORE)),
+            json: RefCell::new(JsonScratch::default()),
         }
+    }
+
+    pub fn tickets(&self) -> &Tickets {
+        &self.tickets
+    }
+
+    pub fn commands(&self) -> &CommandSender {
+        &self.commands
+    }
+
+    pub fn status(&self) -> &StorageStatus {
+        &self.status
+    }
+
+    pub fn handoff(&self) -> &Handoff {
+        &self.handoff
+    }
+
+    pub fn hash_pool(&self) -> &HashPool {
+        &self.hash_pool
+    }
+
+    pub fn settings(&self) -> &ShardSettings {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.metrics
+    }
+
+    /// The JSON scratch space, for one request at a time (no await while held).
+    pub fn json(&self) -> RefMut<'_, JsonScratch> {
+        self.json.borrow_mut()
+    }
+
+    /// Counts a sign-up from `peer` (open sign-up: each costs an Argon2 hash).
+    pub fn admit_signup(&self, peer: IpAddr, now_ms: u64) -> Result<(), Refused> {
+        self.throttles.borrow_mut().signups_by_address.take(address_key(peer), now_ms)
+    }
+
+    /// Counts a key rotation of `org_id`.
+    pub fn admit_rotation(&self, org_id: Uuid, now_ms: u64) -> Result<(), Refused> {
+        self.throttles.borrow_mut().rotations_by_org.take(org_id, now_ms)
     }
 
     /// Takes a page slot, `None` when all are in use (answer 503).
@@ -179,70 +221,5 @@ impl Shard {
             // Handled by the core's runtime, which owns its listener and connections.
             Control::Drain => {}
         }
-    }
-}
-
-/// UUIDv7 from a per-core generator: 48 bits of milliseconds, then the microseconds
-/// within that millisecond in the 12-bit `rand_a` field (RFC 9562 §6.2, method 3), then
-/// 62 random bits from a fast PRNG (wyrand) seeded from the OS. Because the id carries
-/// the event's `created_at` to the microsecond, ordering by id is ordering by
-/// `(created_at, id)`: the primary key `(org_id, id)` serves the inbox order and its
-/// cursors. Ids are not secrets, and a per-core generator needs no lock (uuid's
-/// `now_v7` shares one context across threads).
-struct IdGenerator {
-    state: u64,
-}
-
-impl IdGenerator {
-    fn seeded() -> IdGenerator {
-        let mut seed = [0u8; 8];
-        if getrandom::getrandom(&mut seed).is_err() {
-            // Fall back to the clock and the address of a local: still unique enough
-            // combined with the millisecond prefix.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            seed = ((nanos as u64) ^ (&seed as *const _ as u64)).to_le_bytes();
-        }
-        IdGenerator { state: u64::from_le_bytes(seed) }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0xa076_1d64_78bd_642f);
-        let product = u128::from(self.state) * u128::from(self.state ^ 0xe703_7ed1_a0b4_28db);
-        (product as u64) ^ ((product >> 64) as u64)
-    }
-
-    fn next_v7(&mut self, now_micros: i64) -> Uuid {
-        let micros = now_micros.max(0) as u64;
-        let (millis, sub_millis) = (micros / 1000, (micros % 1000) as u16);
-        let mut bytes = [0u8; 16];
-        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-        bytes[6] = 0x70 | (sub_millis >> 8) as u8;
-        bytes[7] = sub_millis as u8;
-        bytes[8..].copy_from_slice(&self.next_u64().to_le_bytes());
-        bytes[8] = 0x80 | (bytes[8] & 0x3f);
-        Uuid::from_bytes(bytes)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_v7_ordered_by_microsecond_and_distinct() {
-        let mut ids = IdGenerator::seeded();
-        let micros =
-            [1_700_000_000_000_000i64, 1_700_000_000_000_001, 1_700_000_000_000_999, 1_700_000_000_001_000];
-        let generated: Vec<Uuid> = micros.iter().map(|&m| ids.next_v7(m)).collect();
-        assert!(generated.windows(2).all(|w| w[0] < w[1]), "{generated:?}");
-        for id in &generated {
-            assert_eq!(id.get_version_num(), 7);
-            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
-        }
-        let (secs, nanos) = generated[2].get_timestamp().unwrap().to_unix();
-        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, 1_700_000_000_000);
-        assert_ne!(ids.next_v7(micros[0]), generated[0]);
     }
 }

@@ -36,7 +36,7 @@ pub async fn listen(storage: Rc<Storage>) {
 }
 
 async fn session(storage: &Storage, reconnecting: bool) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = storage.db.config.connect(NoTls).await?;
+    let (client, mut connection) = storage.db.config().connect(NoTls).await?;
     let (sender, mut notifications) = mpsc::channel::<String>(PENDING_MAX);
     tokio::task::spawn_local(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

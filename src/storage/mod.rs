@@ -1,35 +1,41 @@
 //! The storage core: one thread with a tokio current-thread runtime that owns every
-//! PostgreSQL connection. It runs the batch writers (group commit of the events the
-//! HTTP cores push onto their rings), executes commands sent by the HTTP cores, and
-//! broadcasts control messages (key revocation) back to them.
+//! PostgreSQL connection (`pg`). It runs the batch writers (`writer`: group commit of
+//! the events the HTTP cores push onto their rings), executes the commands the HTTP
+//! cores queue on its two lanes (`queries`), broadcasts control messages (key
+//! revocation) back to them (`listener`), keeps the daily partitions (`retention`),
+//! applies migrations (`migrations`) and can run a private cluster (`local_pg`).
 //!
 //! Nothing on an HTTP core ever waits on PostgreSQL directly: it pushes onto a ring or
-//! sends a command and awaits the answer.
+//! sends a command and awaits the answer. What else runs on this thread (the delivery
+//! engine) is started by the runtime through `StorageConfig::on_start`.
 
 pub mod listener;
 pub mod local_pg;
+pub mod metrics;
 pub mod migrations;
+pub mod pg;
 pub mod queries;
 pub mod retention;
 pub mod writer;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ahash::AHashMap;
-use tokio::sync::{mpsc, Semaphore};
-use tokio_postgres::{Client, NoTls};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::delivery::{DeliveryConfig, DeliveryControl, Engine, HANDOFF_QUEUE_MAX};
+use crate::handoff::commands::{Command, CommandError, Lane, StorageStatus};
 use crate::handoff::Handoff;
-use crate::metrics::{DeliveryMetrics, StorageMetrics};
-use crate::shard::ratelimit::RateWindow;
+use crate::model::ratelimit::RateWindow;
+use metrics::StorageMetrics;
+use pg::{Db, LazyConnection, Prepared};
 use queries::Statements;
-pub use queries::{Command, Lane};
-pub use writer::BatchLimits;
+pub use writer::{BatchLimits, Committed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -39,36 +45,30 @@ pub enum StorageError {
     Corrupt(String),
 }
 
-/// Health of the write path, read by `/health/ready` on every core.
-#[derive(Debug, Default)]
-pub struct StorageStatus {
-    /// PostgreSQL answered the prober's last check (writers clear it at once when a
-    /// write fails for lack of a connection).
-    pub db_ok: AtomicBool,
-}
-
-impl StorageStatus {
-    /// A write found the database unreachable.
-    pub fn lost(&self) {
-        self.db_ok.store(false, Ordering::Relaxed);
+impl From<StorageError> for CommandError {
+    fn from(error: StorageError) -> CommandError {
+        match error {
+            StorageError::Db(e) => CommandError::Database(crate::util::error_chain(&e)),
+            StorageError::Corrupt(what) => CommandError::Corrupt(what),
+        }
     }
 }
 
 /// How often the prober checks the database, and how long a check may take.
-const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-/// Longest a connection attempt may take.
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Inbox pages read at once; each holds up to ~4.3 MiB of rows on this thread.
+const INBOX_READS_MAX: usize = 16;
 
 /// Partition maintenance every `interval`, and at once when a writer found a
 /// partition missing, on a connection of its own.
-async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig) {
+async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig, wanted: Rc<Notify>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
-            _ = db.partitions_wanted.notified() => {}
+            _ = wanted.notified() => {}
         }
-        let now = crate::http::date::unix_micros(std::time::SystemTime::now());
+        let now = crate::util::time::now_micros();
         let result = match db.connect().await {
             Ok(client) => retention::maintain(&client, now, &config).await,
             Err(e) => Err(e),
@@ -101,27 +101,9 @@ async fn probe(db: Rc<Db>) {
     }
 }
 
-/// How to reach PostgreSQL; owned by the storage core.
-pub struct Db {
-    config: tokio_postgres::Config,
-    pub status: Arc<StorageStatus>,
-    /// Wakes partition maintenance before its interval (a write found a day's
-    /// partition missing).
-    pub partitions_wanted: tokio::sync::Notify,
-}
-
-impl Db {
-    /// Opens a connection and drives it on the storage core's runtime.
-    pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::task::spawn_local(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "database connection closed");
-            }
-        });
-        Ok(client)
-    }
-}
+/// What else runs on the storage thread, started once the database is ready (the
+/// runtime passes the delivery engine here).
+pub type OnStart = Box<dyn FnOnce(Rc<Db>) + Send>;
 
 /// Settings of the storage core.
 pub struct StorageConfig {
@@ -129,114 +111,22 @@ pub struct StorageConfig {
     pub batch: BatchLimits,
     /// Writer tasks, each with its own connection (2: one commits while one fills).
     pub writers: usize,
-    /// Commands that may wait in each lane's queue before HTTP cores get "overloaded".
-    pub command_queue_max: usize,
     /// Commands executing at once per lane (pipelined on the lane's connection).
     pub commands_in_flight_max: usize,
     /// Longest a statement on the request path (writers, commands) may run; beyond
     /// it PostgreSQL cancels it and the request gets 503.
-    pub statement_timeout: std::time::Duration,
+    pub statement_timeout: Duration,
     /// CPU to pin the storage thread to, if any.
     pub cpu: Option<usize>,
     /// Batch and commit metrics, written by the writers.
     pub metrics: Arc<StorageMetrics>,
     /// Partition maintenance and retention.
     pub retention: retention::RetentionConfig,
-    /// The webhook delivery engine's settings and metrics.
-    pub delivery: DeliveryConfig,
-    pub delivery_metrics: Arc<DeliveryMetrics>,
+    /// Where the writers hand events to push once committed, if anyone pushes.
+    pub committed: Option<Committed>,
+    /// Started on the storage thread once the database is reachable and migrated.
+    pub on_start: Option<OnStart>,
 }
-
-/// What the HTTP cores hold to talk to the storage core. Cheap to clone.
-#[derive(Clone)]
-pub struct StorageHandle {
-    /// One queue per `Lane`, indexed by it.
-    commands: [mpsc::Sender<Command>; 2],
-    pub status: Arc<StorageStatus>,
-    /// The delivery engine's shutdown switch and in-flight count.
-    pub deliveries: Arc<DeliveryControl>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the storage core's command queue is full")]
-pub struct QueueFull;
-
-impl StorageHandle {
-    /// Queues a command without waiting; `QueueFull` means answer 503.
-    pub fn send(&self, command: Command) -> Result<(), QueueFull> {
-        self.commands[command.lane() as usize].try_send(command).map_err(|_| QueueFull)
-    }
-}
-
-/// A connection with its prepared statements.
-pub struct Prepared<S> {
-    pub client: Client,
-    pub statements: S,
-}
-
-/// Statements prepared once per connection.
-pub trait PrepareStatements: Sized {
-    fn prepare(client: &Client) -> impl std::future::Future<Output = Result<Self, tokio_postgres::Error>>;
-}
-
-/// A connection opened on first use and reopened (with its statements) after it
-/// closes; concurrent users wait for one reopening instead of each opening one.
-pub struct LazyConnection<S> {
-    db: Rc<Db>,
-    current: RefCell<Option<Rc<Prepared<S>>>>,
-    reopening: tokio::sync::Mutex<()>,
-    /// Set for request-path connections: every statement on them is bounded.
-    statement_timeout: Option<std::time::Duration>,
-}
-
-impl<S: PrepareStatements> LazyConnection<S> {
-    pub fn new(db: Rc<Db>) -> LazyConnection<S> {
-        LazyConnection {
-            db,
-            current: RefCell::new(None),
-            reopening: tokio::sync::Mutex::new(()),
-            statement_timeout: None,
-        }
-    }
-
-    /// A connection whose statements PostgreSQL cancels after `timeout`.
-    pub fn with_statement_timeout(db: Rc<Db>, timeout: std::time::Duration) -> LazyConnection<S> {
-        LazyConnection { statement_timeout: Some(timeout), ..LazyConnection::new(db) }
-    }
-
-    fn open_one(&self) -> Option<Rc<Prepared<S>>> {
-        self.current.borrow().as_ref().filter(|c| !c.client.is_closed()).map(Rc::clone)
-    }
-
-    pub async fn get(&self) -> Result<Rc<Prepared<S>>, tokio_postgres::Error> {
-        if let Some(connection) = self.open_one() {
-            return Ok(connection);
-        }
-        let _guard = self.reopening.lock().await;
-        if let Some(connection) = self.open_one() {
-            return Ok(connection);
-        }
-        let client = self.db.connect().await?;
-        if let Some(timeout) = self.statement_timeout {
-            set_statement_timeout(&client, timeout).await?;
-        }
-        let statements = S::prepare(&client).await?;
-        let connection = Rc::new(Prepared { client, statements });
-        *self.current.borrow_mut() = Some(Rc::clone(&connection));
-        Ok(connection)
-    }
-}
-
-/// Bounds a session's statements (request-path connections).
-pub async fn set_statement_timeout(
-    client: &Client,
-    timeout: std::time::Duration,
-) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(&format!("SET statement_timeout = {}", timeout.as_millis().max(1))).await
-}
-
-/// Inbox pages read at once; each holds up to ~4.3 MiB of rows on this thread.
-const INBOX_READS_MAX: usize = 16;
 
 /// State of the storage core, living on its thread.
 pub struct Storage {
@@ -272,18 +162,18 @@ pub enum StartError {
     Migrate(String),
 }
 
-/// Starts the storage core; returns once the database is reachable and migrated.
-pub fn start(config: StorageConfig, handoff: Arc<Handoff>) -> Result<StorageHandle, StartError> {
-    let (keys, keys_receiver) = mpsc::channel(config.command_queue_max);
-    let (reads, reads_receiver) = mpsc::channel(config.command_queue_max);
-    let status = Arc::new(StorageStatus::default());
+/// Starts the storage thread; returns once the database is reachable and migrated.
+/// `lanes` are the receiving ends of the command queues (`CommandSender::channels`).
+pub fn start(
+    config: StorageConfig,
+    handoff: Arc<Handoff>,
+    lanes: [mpsc::Receiver<Command>; 2],
+    status: Arc<StorageStatus>,
+) -> Result<(), StartError> {
     let (ready, started) = std::sync::mpsc::channel::<Result<(), StartError>>();
-    let thread_status = Arc::clone(&status);
-    let deliveries = Arc::new(DeliveryControl::default());
-    let thread_deliveries = Arc::clone(&deliveries);
     std::thread::Builder::new().name("triggerd-storage".into()).spawn(move || {
         if let Some(cpu) = config.cpu {
-            crate::runtime::pin_current_thread(cpu);
+            crate::util::sys::pin_current_thread(cpu);
         }
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
@@ -293,57 +183,55 @@ pub fn start(config: StorageConfig, handoff: Arc<Handoff>) -> Result<StorageHand
             }
         };
         let local = tokio::task::LocalSet::new();
-        let receivers = [keys_receiver, reads_receiver];
-        local.block_on(&runtime, run(config, handoff, thread_status, thread_deliveries, receivers, ready));
+        local.block_on(&runtime, run(config, handoff, status, lanes, ready));
     })?;
-    started.recv().map_err(|_| StartError::Connect("the storage thread died during start-up".into()))??;
-    Ok(StorageHandle { commands: [keys, reads], status, deliveries })
+    started.recv().map_err(|_| StartError::Connect("the storage thread died during start-up".into()))?
+}
+
+/// Connects, migrates and makes today's partitions; the start-up's verdict.
+async fn prepare(db: &Db, retention: &retention::RetentionConfig) -> Result<(), StartError> {
+    let mut client = db.connect().await.map_err(|e| StartError::Connect(crate::util::error_chain(&e)))?;
+    migrations::migrate(&mut client).await.map_err(|e| StartError::Migrate(crate::util::error_chain(&e)))?;
+    // Partitions for today and ahead must exist before the first insert.
+    retention::maintain(&client, crate::util::time::now_micros(), retention).await.map_err(|e| {
+        StartError::Migrate(format!("partition maintenance: {}", crate::util::error_chain(&e)))
+    })?;
+    Ok(())
 }
 
 async fn run(
     config: StorageConfig,
     handoff: Arc<Handoff>,
     status: Arc<StorageStatus>,
-    deliveries_control: Arc<DeliveryControl>,
-    receivers: [mpsc::Receiver<Command>; 2],
+    lanes: [mpsc::Receiver<Command>; 2],
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
-    let mut database = config.database;
-    database.connect_timeout(CONNECT_TIMEOUT);
-    let db = Rc::new(Db { config: database, status, partitions_wanted: tokio::sync::Notify::new() });
-    match db.connect().await {
-        Ok(mut client) => {
-            if let Err(e) = migrations::migrate(&mut client).await {
-                let _ = ready.send(Err(StartError::Migrate(e.to_string())));
-                return;
-            }
-            // Partitions for today and ahead must exist before the first insert.
-            let now = crate::http::date::unix_micros(std::time::SystemTime::now());
-            if let Err(e) = retention::maintain(&client, now, &config.retention).await {
-                let _ = ready.send(Err(StartError::Migrate(format!("partition maintenance: {e}"))));
-                return;
-            }
-        }
-        Err(e) => {
-            let _ = ready.send(Err(StartError::Connect(e.to_string())));
-            return;
-        }
+    let db = Rc::new(Db::new(config.database, status));
+    if let Err(e) = prepare(&db, &config.retention).await {
+        let _ = ready.send(Err(e));
+        return;
     }
     db.status.db_ok.store(true, Ordering::Relaxed);
+    let partitions_wanted = Rc::new(Notify::new());
     tokio::task::spawn_local(probe(Rc::clone(&db)));
-    tokio::task::spawn_local(maintain_periodically(Rc::clone(&db), config.retention));
-    let (deliveries, handed) = mpsc::channel(HANDOFF_QUEUE_MAX);
-    let engine = Engine::new(Rc::clone(&db), config.delivery, config.delivery_metrics, deliveries_control);
-    tokio::task::spawn_local(engine.run(handed));
+    tokio::task::spawn_local(maintain_periodically(
+        Rc::clone(&db),
+        config.retention,
+        Rc::clone(&partitions_wanted),
+    ));
+    if let Some(on_start) = config.on_start {
+        on_start(Rc::clone(&db));
+    }
     for writer in 0..config.writers.max(1) {
-        tokio::task::spawn_local(writer::run(
-            writer,
-            Arc::clone(&handoff),
-            Rc::clone(&db),
-            config.batch,
-            Arc::clone(&config.metrics),
-            deliveries.clone(),
-        ));
+        tokio::task::spawn_local(writer::run(writer::Writer {
+            number: writer,
+            handoff: Arc::clone(&handoff),
+            db: Rc::clone(&db),
+            limits: config.batch,
+            metrics: Arc::clone(&config.metrics),
+            committed: config.committed.clone(),
+            partitions_wanted: Rc::clone(&partitions_wanted),
+        }));
     }
     let timeout = config.statement_timeout;
     let storage = Rc::new(Storage {
@@ -355,7 +243,7 @@ async fn run(
     });
     tokio::task::spawn_local(listener::listen(Rc::clone(&storage)));
     let _ = ready.send(Ok(()));
-    let [keys, reads] = receivers;
+    let [keys, reads] = lanes;
     tokio::task::spawn_local(serve_lane(Rc::clone(&storage), keys, config.commands_in_flight_max));
     serve_lane(storage, reads, config.commands_in_flight_max).await;
 }

@@ -1,158 +1,27 @@
-//! Commands from the HTTP cores that need the database (key lookup, sign-up, rotation,
-//! organisation reads). They run as tasks on the storage core and share one
-//! connection, which pipelines them. Every statement is prepared once per connection;
+//! Commands from the HTTP cores that need the database (`handoff::commands`), executed
+//! as tasks on the storage core, pipelined on their lane's connection. Every statement is prepared once per connection;
 //! every one has `org_id` in its key or its `WHERE`, and request data only ever
 //! travels as parameters.
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use super::{Storage, StorageError};
+use crate::handoff::commands::{
+    Command, CommandError, InboxEvent, InboxQuery, InboxView, KeyCandidate, Lane, NewKeyForOrg, NewOrg,
+};
 use crate::handoff::{Barrier, Control};
 use crate::model::{Org, OrgView, Tier};
 
-/// A key row that matched a lookup id, for the caller to verify.
-pub struct KeyCandidate {
-    pub org: Arc<Org>,
-    /// Argon2id PHC string.
-    pub key_hash: String,
-}
-
-/// Everything needed to create an organisation with its first key.
-pub struct NewOrg {
-    pub name: String,
-    pub tier: Tier,
-    pub lookup_id: i64,
-    pub key_hash: String,
-    pub key_prefix: String,
-    pub signing_secret: String,
-}
-
-pub struct NewKeyForOrg {
-    pub org_id: Uuid,
-    /// The key the request was authenticated with; rotation fails if it is gone.
-    pub old_lookup_id: i64,
-    pub lookup_id: i64,
-    pub key_hash: String,
-    pub key_prefix: String,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
-
-/// The queue and connection a command uses. Key lookups, sign-ups and rotations have
-/// their own, so they never wait behind inbox reads and acknowledgements (which a
-/// tenant can make slow); each query below names the lane of its command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    Keys = 0,
-    Reads = 1,
-}
-
-impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Keys, Lane::Reads];
-}
-
-/// A request for the storage core, answered on its `reply`.
-pub enum Command {
-    LookupKey {
-        lookup_id: i64,
-        reply: Reply<Vec<KeyCandidate>>,
-    },
-    CreateOrg {
-        new: NewOrg,
-        reply: Reply<Arc<Org>>,
-    },
-    /// Answers the rotation time, or `None` if the old key was already replaced.
-    /// Every HTTP core has dropped the organisation's cached keys before the answer.
-    RotateKey {
-        new: NewKeyForOrg,
-        reply: Reply<Option<i64>>,
-    },
-    GetOrg {
-        org_id: Uuid,
-        reply: Reply<Option<OrgView>>,
-    },
-    Inbox {
-        query: InboxQuery,
-        reply: Reply<Vec<InboxEvent>>,
-    },
-    /// Answers the first acknowledgement time, or `None` if the organisation has no
-    /// such event.
-    AckOne {
-        org_id: Uuid,
-        id: Uuid,
-        reply: Reply<Option<i64>>,
-    },
-    /// Answers the ids (of those given) that are acknowledged now.
-    AckMany {
-        org_id: Uuid,
-        ids: Vec<Uuid>,
-        reply: Reply<Vec<Uuid>>,
-    },
-    /// Answers (signing secret, updated at), or `None` if the organisation is gone.
-    SetWebhook {
-        org_id: Uuid,
-        url: Option<String>,
-        reply: Reply<Option<(String, i64)>>,
-    },
-}
-
-impl Command {
-    pub fn lane(&self) -> Lane {
-        match self {
-            Command::LookupKey { .. } | Command::CreateOrg { .. } | Command::RotateKey { .. } => Lane::Keys,
-            _ => Lane::Reads,
-        }
-    }
-}
-
-/// Which events an inbox page lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InboxView {
-    /// `pending` and `failed` (the default).
-    Undelivered,
-    Pending,
-    Failed,
-    Delivered,
-    All,
-}
-
-/// One inbox page request. Pages are newest first; `before` is the cursor (the last
-/// id of the previous page).
-#[derive(Debug, Clone)]
-pub struct InboxQuery {
-    pub org_id: Uuid,
-    pub view: InboxView,
-    pub before: Option<Uuid>,
-    /// Rows to return (the caller asks one more than it shows, to know if a next page exists).
-    pub limit: i64,
-    pub offset: i64,
-    /// Bytes of event JSON the page may hold; the first row beyond is returned too,
-    /// so the caller knows the page was cut.
-    pub bytes_max: i64,
-}
-
-/// An event as the inbox lists it.
-#[derive(Debug, Clone)]
-pub struct InboxEvent {
-    pub id: Uuid,
-    pub event_type: String,
-    /// The payload as JSON text (PostgreSQL's jsonb rendering).
-    pub payload: String,
-    pub dedup_id: Option<String>,
-    pub status: String,
-    pub attempts: i32,
-    pub created_at_micros: i64,
-    pub delivered_at_micros: Option<i64>,
-    /// The last delivery attempt's error, if the last attempt failed.
-    pub last_error: Option<String>,
-    /// Bytes of event JSON in the page up to and including this event (approximate:
-    /// the text of its fields plus a fixed allowance for the rest).
-    pub page_bytes: i64,
-}
+/// Switches push off for an organisation: its URL goes, and its pending deliveries
+/// that nobody holds are no longer due (claims only look at organisations with a URL).
+/// Used by a config call with `null` and by the delivery engine on a receiver's 410.
+pub const SWITCH_OFF_SQL: &str = "
+WITH org AS (UPDATE organizations SET webhook_url = NULL, updated_at = now() WHERE org_id = $1 RETURNING org_id)
+UPDATE events SET next_attempt_at = NULL
+WHERE org_id = (SELECT org_id FROM org) AND next_attempt_at IS NOT NULL AND lease_owner IS NULL";
 
 const MICROS: &str = "(extract(epoch FROM {}) * 1000000)::int8";
 
@@ -228,7 +97,7 @@ fn inbox_sql(filter: &str) -> String {
     )
 }
 
-impl super::PrepareStatements for Statements {
+impl super::pg::PrepareStatements for Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         Ok(Statements {
             lookup_key: client
@@ -310,7 +179,7 @@ impl super::PrepareStatements for Statements {
                     micros("updated_at")
                 ))
                 .await?,
-            stop_deliveries: client.prepare(crate::delivery::store::SWITCH_OFF_SQL).await?,
+            stop_deliveries: client.prepare(SWITCH_OFF_SQL).await?,
         })
     }
 }
@@ -324,28 +193,28 @@ impl Storage {
     pub(super) async fn execute(&self, command: Command) {
         match command {
             Command::LookupKey { lookup_id, reply } => {
-                let _ = reply.send(self.lookup_key(lookup_id).await);
+                let _ = reply.send(self.lookup_key(lookup_id).await.map_err(CommandError::from));
             }
             Command::CreateOrg { new, reply } => {
-                let _ = reply.send(self.create_org(new).await);
+                let _ = reply.send(self.create_org(new).await.map_err(CommandError::from));
             }
             Command::RotateKey { new, reply } => {
-                let _ = reply.send(self.rotate_key(new).await);
+                let _ = reply.send(self.rotate_key(new).await.map_err(CommandError::from));
             }
             Command::GetOrg { org_id, reply } => {
-                let _ = reply.send(self.get_org(org_id).await);
+                let _ = reply.send(self.get_org(org_id).await.map_err(CommandError::from));
             }
             Command::Inbox { query, reply } => {
-                let _ = reply.send(self.inbox(query).await);
+                let _ = reply.send(self.inbox(query).await.map_err(CommandError::from));
             }
             Command::AckOne { org_id, id, reply } => {
-                let _ = reply.send(self.ack_one(org_id, id).await);
+                let _ = reply.send(self.ack_one(org_id, id).await.map_err(CommandError::from));
             }
             Command::AckMany { org_id, ids, reply } => {
-                let _ = reply.send(self.ack_many(org_id, ids).await);
+                let _ = reply.send(self.ack_many(org_id, ids).await.map_err(CommandError::from));
             }
             Command::SetWebhook { org_id, url, reply } => {
-                let _ = reply.send(self.set_webhook(org_id, url).await);
+                let _ = reply.send(self.set_webhook(org_id, url).await.map_err(CommandError::from));
             }
         }
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::http::date::{civil_from_days, days_from_civil};
+use crate::util::time::{civil_from_days, days_from_civil};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Claims deleted per statement.
@@ -59,10 +59,7 @@ fn day_of(name: &str) -> Option<i64> {
 
 /// The smallest UUIDv7 of the start of `day`: the partition bound.
 pub fn uuid_at_day(day: i64) -> Uuid {
-    let millis = (day * MICROS_PER_DAY / 1000) as u64;
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    Uuid::from_bytes(bytes)
+    crate::util::ids::uuid_at_millis((day * MICROS_PER_DAY / 1000) as u64)
 }
 
 /// One maintenance pass at `now_micros`.

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
-use super::Db;
+use super::metrics::StorageMetrics;
+use super::pg::Db;
 use crate::handoff::{EventRecord, Handoff, Outcome};
-use crate::metrics::StorageMetrics;
 
 /// The one statement per batch. The dedup ledger is claimed first; an event is
 /// inserted only if it has no dedup_id or won its claim, and is due for delivery at
@@ -80,15 +80,27 @@ struct WriterConnection {
 const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
 
+/// Where committed events to push go: (organisation, event) pairs, one message per
+/// batch. Bounded by its creator; a full queue drops the message (the events are due
+/// in the database, and the delivery engine's poller finds them).
+pub type Committed = mpsc::Sender<Vec<(Uuid, Uuid)>>;
+
+/// One writer task's parts.
+pub struct Writer {
+    /// Its number, for logs; also where its round-robin over the rings starts.
+    pub number: usize,
+    pub handoff: Arc<Handoff>,
+    pub db: Rc<Db>,
+    pub limits: BatchLimits,
+    pub metrics: Arc<StorageMetrics>,
+    pub committed: Option<Committed>,
+    /// Wakes partition maintenance when a batch finds its day's partition missing.
+    pub partitions_wanted: Rc<Notify>,
+}
+
 /// One writer task; runs for the life of the storage core.
-pub async fn run(
-    writer: usize,
-    handoff: Arc<Handoff>,
-    db: Rc<Db>,
-    limits: BatchLimits,
-    metrics: Arc<StorageMetrics>,
-    deliveries: mpsc::Sender<Vec<(Uuid, Uuid)>>,
-) {
+pub async fn run(parts: Writer) {
+    let Writer { number: writer, handoff, db, limits, metrics, committed, partitions_wanted } = parts;
     let mut connection: Option<WriterConnection> = None;
     let mut next_attempt = Instant::now();
     let mut delay = RECONNECT_DELAY_MIN;
@@ -126,7 +138,7 @@ pub async fn run(
                 metrics.statements(written.statements);
                 if written.partition_missing {
                     // Maintenance creates it now; the clients retry after Retry-After.
-                    db.partitions_wanted.notify_one();
+                    partitions_wanted.notify_one();
                 }
                 written.outcomes
             }
@@ -134,8 +146,8 @@ pub async fn run(
         };
         // Committed: hand the events to push to the engine. If its queue is full they
         // are not lost: they are due in the database and its poller claims them.
-        if !to_push.is_empty() {
-            let _ = deliveries.try_send(to_push);
+        if let Some(committed) = committed.as_ref().filter(|_| !to_push.is_empty()) {
+            let _ = committed.try_send(to_push);
         }
         let failed = outcomes.iter().all(|o| *o == Outcome::Unavailable);
         metrics.batch(batch.len(), started.elapsed(), failed);
@@ -160,7 +172,7 @@ pub async fn run(
 
 async fn connect(db: &Db, statement_timeout: Duration) -> Result<WriterConnection, tokio_postgres::Error> {
     let client = db.connect().await?;
-    super::set_statement_timeout(&client, statement_timeout).await?;
+    super::pg::set_statement_timeout(&client, statement_timeout).await?;
     let insert = client.prepare(INSERT_BATCH_SQL).await?;
     let find_claim = client.prepare(FIND_CLAIM_SQL).await?;
     Ok(WriterConnection { client, insert, find_claim })

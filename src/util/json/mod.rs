@@ -1,10 +1,15 @@
-//! JSON below the API: the gate every request body passes before anything parses it
-//! (`gate`), and the per-core scratch space of both the gate and simd-json. A leaf: it
-//! uses nothing else of the crate.
+//! JSON at the edges: the gate every request body passes before anything parses it
+//! (`gate`), the shape check of a body's top-level object (`shape`), the writer
+//! responses are built with (`write`), and the per-core scratch space of the gate and
+//! simd-json.
 
 pub mod gate;
+pub mod shape;
+pub mod write;
 
 pub use gate::{Gate, GateError, DEPTH_MAX};
+pub use shape::{object_with_fields, ShapeError};
+pub use write::{write_str, write_uuid, ObjectWriter};
 
 /// Reusable space for reading request bodies; one per HTTP core, used by one request
 /// at a time.

@@ -1,10 +1,13 @@
-//! Domain types shared by the HTTP cores and the storage core.
+//! Domain types shared by the HTTP cores and the storage core: tiers, organisations,
+//! and each organisation's rate window (`ratelimit`).
+
+pub mod ratelimit;
 
 use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::shard::ratelimit::RateWindow;
+use ratelimit::RateWindow;
 
 /// Pricing tier, which sets the rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

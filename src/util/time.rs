@@ -5,6 +5,28 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The wall clock, read here and nowhere else. Everything that depends on the time
+/// takes it as an argument (`now_micros` and friends are called at the edges: request
+/// handlers, the storage thread's loops), so the logic below is tested with any time.
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// The wall clock in microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    unix_micros(now())
+}
+
+/// The wall clock in milliseconds since the Unix epoch (rate windows, throttles).
+pub fn now_ms() -> u64 {
+    now_micros().max(0) as u64 / 1000
+}
+
+/// The wall clock in whole seconds since the Unix epoch (`Date`, webhook timestamps).
+pub fn now_secs() -> i64 {
+    now_micros().div_euclid(1_000_000)
+}
+
 /// Microseconds since the Unix epoch, the unit timestamps travel in internally
 /// (PostgreSQL `timestamptz` has the same resolution).
 pub fn unix_micros(at: SystemTime) -> i64 {

@@ -1,9 +1,9 @@
-//! A small JSON writer for responses. Handlers write straight into the connection's
+//! A small JSON writer for responses and webhook bodies. Handlers write straight into the connection's
 //! body buffer; no intermediate `Value` tree, no `String` per field.
 
 use uuid::Uuid;
 
-use crate::http::date::write_rfc3339_micros;
+use crate::util::time::write_rfc3339_micros;
 
 /// Writes one JSON object field by field, managing commas.
 pub struct ObjectWriter<'a> {

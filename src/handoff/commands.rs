@@ -1,0 +1,207 @@
+//! Commands: what the HTTP cores ask of the storage core besides writing events (key
+//! lookups, sign-ups, rotations, organisation reads, inbox pages, acknowledgements,
+//! webhook configuration), each answered on a oneshot channel. Two lanes, each a
+//! bounded queue with its own database connection on the storage side, so key lookups
+//! never wait behind reads (`Lane`). The storage core executes them; this module only
+//! says what they are, so the HTTP side never names the storage core.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::model::{Org, OrgView, Tier};
+
+/// Why a command failed: never the request's fault (the API answers 503).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The database failed or could not be reached; the text carries the cause.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A row the code cannot read (a bug or a hand-edited database).
+    #[error("unexpected data in the database: {0}")]
+    Corrupt(String),
+}
+
+/// A key row that matched a lookup id, for the caller to verify.
+pub struct KeyCandidate {
+    pub org: Arc<Org>,
+    /// Argon2id PHC string.
+    pub key_hash: String,
+}
+
+/// Everything needed to create an organisation with its first key.
+pub struct NewOrg {
+    pub name: String,
+    pub tier: Tier,
+    pub lookup_id: i64,
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub signing_secret: String,
+}
+
+pub struct NewKeyForOrg {
+    pub org_id: Uuid,
+    /// The key the request was authenticated with; rotation fails if it is gone.
+    pub old_lookup_id: i64,
+    pub lookup_id: i64,
+    pub key_hash: String,
+    pub key_prefix: String,
+}
+
+/// Where a command's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// The queue and connection a command uses. Key lookups, sign-ups and rotations have
+/// their own, so they never wait behind inbox reads and acknowledgements (which a
+/// tenant can make slow); each query below names the lane of its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Keys = 0,
+    Reads = 1,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Keys, Lane::Reads];
+}
+
+/// A request for the storage core, answered on its `reply`.
+pub enum Command {
+    LookupKey {
+        lookup_id: i64,
+        reply: Reply<Vec<KeyCandidate>>,
+    },
+    CreateOrg {
+        new: NewOrg,
+        reply: Reply<Arc<Org>>,
+    },
+    /// Answers the rotation time, or `None` if the old key was already replaced.
+    /// Every HTTP core has dropped the organisation's cached keys before the answer.
+    RotateKey {
+        new: NewKeyForOrg,
+        reply: Reply<Option<i64>>,
+    },
+    GetOrg {
+        org_id: Uuid,
+        reply: Reply<Option<OrgView>>,
+    },
+    Inbox {
+        query: InboxQuery,
+        reply: Reply<Vec<InboxEvent>>,
+    },
+    /// Answers the first acknowledgement time, or `None` if the organisation has no
+    /// such event.
+    AckOne {
+        org_id: Uuid,
+        id: Uuid,
+        reply: Reply<Option<i64>>,
+    },
+    /// Answers the ids (of those given) that are acknowledged now.
+    AckMany {
+        org_id: Uuid,
+        ids: Vec<Uuid>,
+        reply: Reply<Vec<Uuid>>,
+    },
+    /// Answers (signing secret, updated at), or `None` if the organisation is gone.
+    SetWebhook {
+        org_id: Uuid,
+        url: Option<String>,
+        reply: Reply<Option<(String, i64)>>,
+    },
+}
+
+impl Command {
+    pub fn lane(&self) -> Lane {
+        match self {
+            Command::LookupKey { .. } | Command::CreateOrg { .. } | Command::RotateKey { .. } => Lane::Keys,
+            _ => Lane::Reads,
+        }
+    }
+}
+
+/// Which events an inbox page lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxView {
+    /// `pending` and `failed` (the default).
+    Undelivered,
+    Pending,
+    Failed,
+    Delivered,
+    All,
+}
+
+/// One inbox page request. Pages are newest first; `before` is the cursor (the last
+/// id of the previous page).
+#[derive(Debug, Clone)]
+pub struct InboxQuery {
+    pub org_id: Uuid,
+    pub view: InboxView,
+    pub before: Option<Uuid>,
+    /// Rows to return (the caller asks one more than it shows, to know if a next page exists).
+    pub limit: i64,
+    pub offset: i64,
+    /// Bytes of event JSON the page may hold; the first row beyond is returned too,
+    /// so the caller knows the page was cut.
+    pub bytes_max: i64,
+}
+
+/// An event as the inbox lists it.
+#[derive(Debug, Clone)]
+pub struct InboxEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    /// The payload as JSON text (PostgreSQL's jsonb rendering).
+    pub payload: String,
+    pub dedup_id: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub created_at_micros: i64,
+    pub delivered_at_micros: Option<i64>,
+    /// The last delivery attempt's error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Bytes of event JSON in the page up to and including this event (approximate:
+    /// the text of its fields plus a fixed allowance for the rest).
+    pub page_bytes: i64,
+}
+
+/// Health of the write path, read by `/health/ready` on every core.
+#[derive(Debug, Default)]
+pub struct StorageStatus {
+    /// PostgreSQL answered the prober's last check (writers clear it at once when a
+    /// write fails for lack of a connection).
+    pub db_ok: AtomicBool,
+}
+
+impl StorageStatus {
+    /// A write found the database unreachable.
+    pub fn lost(&self) {
+        self.db_ok.store(false, Ordering::Relaxed);
+    }
+}
+
+/// What the HTTP cores hold to send commands. Cheap to clone.
+#[derive(Clone)]
+pub struct CommandSender {
+    /// One queue per `Lane`, indexed by it.
+    lanes: [mpsc::Sender<Command>; 2],
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the storage core's command queue is full")]
+pub struct QueueFull;
+
+impl CommandSender {
+    /// The senders and, for the storage core, the receivers of both lanes, each
+    /// holding at most `queue_max` commands.
+    pub fn channels(queue_max: usize) -> (CommandSender, [mpsc::Receiver<Command>; 2]) {
+        let (keys, keys_receiver) = mpsc::channel(queue_max);
+        let (reads, reads_receiver) = mpsc::channel(queue_max);
+        (CommandSender { lanes: [keys, reads] }, [keys_receiver, reads_receiver])
+    }
+
+    /// Queues a command without waiting; `QueueFull` means answer 503.
+    pub fn send(&self, command: Command) -> Result<(), QueueFull> {
+        self.lanes[command.lane() as usize].try_send(command).map_err(|_| QueueFull)
+    }
+}

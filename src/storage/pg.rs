@@ -1,0 +1,154 @@
+//! PostgreSQL connections, shared by every user on the storage thread (writers,
+//! command lanes, the revocation listener, maintenance, the prober and the delivery
+//! engine): how to reach the database, connections opened lazily and reopened after a
+//! loss, statements prepared once per connection, the request path's statement
+//! timeout, and the back-off between attempts to reconnect.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::handoff::commands::StorageStatus;
+
+/// Longest a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach PostgreSQL; owned by the storage thread.
+pub struct Db {
+    config: tokio_postgres::Config,
+    /// The health every HTTP core reads (`/health/ready`); cleared when a write finds
+    /// the database gone, set by the prober.
+    pub status: Arc<StorageStatus>,
+}
+
+impl Db {
+    pub fn new(mut config: tokio_postgres::Config, status: Arc<StorageStatus>) -> Db {
+        config.connect_timeout(CONNECT_TIMEOUT);
+        Db { config, status }
+    }
+
+    /// Opens a connection and drives it on the storage thread's runtime.
+    pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "database connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// The raw configuration, for a user that drives its connection itself (the
+    /// listener reads notifications from it).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}
+
+/// Bounds a session's statements (request-path connections).
+pub async fn set_statement_timeout(client: &Client, timeout: Duration) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(&format!("SET statement_timeout = {}", timeout.as_millis().max(1))).await
+}
+
+/// A connection with its prepared statements.
+pub struct Prepared<S> {
+    pub client: Client,
+    pub statements: S,
+}
+
+/// Statements prepared once per connection.
+pub trait PrepareStatements: Sized {
+    fn prepare(client: &Client) -> impl std::future::Future<Output = Result<Self, tokio_postgres::Error>>;
+}
+
+/// A connection opened on first use and reopened (with its statements) after it
+/// closes; concurrent users wait for one reopening instead of each opening one.
+pub struct LazyConnection<S> {
+    db: Rc<Db>,
+    current: RefCell<Option<Rc<Prepared<S>>>>,
+    reopening: tokio::sync::Mutex<()>,
+    /// Set for request-path connections: every statement on them is bounded.
+    statement_timeout: Option<Duration>,
+}
+
+impl<S: PrepareStatements> LazyConnection<S> {
+    pub fn new(db: Rc<Db>) -> LazyConnection<S> {
+        LazyConnection {
+            db,
+            current: RefCell::new(None),
+            reopening: tokio::sync::Mutex::new(()),
+            statement_timeout: None,
+        }
+    }
+
+    /// A connection whose statements PostgreSQL cancels after `timeout`.
+    pub fn with_statement_timeout(db: Rc<Db>, timeout: Duration) -> LazyConnection<S> {
+        LazyConnection { statement_timeout: Some(timeout), ..LazyConnection::new(db) }
+    }
+
+    fn open_one(&self) -> Option<Rc<Prepared<S>>> {
+        self.current.borrow().as_ref().filter(|c| !c.client.is_closed()).map(Rc::clone)
+    }
+
+    pub async fn get(&self) -> Result<Rc<Prepared<S>>, tokio_postgres::Error> {
+        if let Some(connection) = self.open_one() {
+            return Ok(connection);
+        }
+        let _guard = self.reopening.lock().await;
+        if let Some(connection) = self.open_one() {
+            return Ok(connection);
+        }
+        let client = self.db.connect().await?;
+        if let Some(timeout) = self.statement_timeout {
+            set_statement_timeout(&client, timeout).await?;
+        }
+        let statements = S::prepare(&client).await?;
+        let connection = Rc::new(Prepared { client, statements });
+        *self.current.borrow_mut() = Some(Rc::clone(&connection));
+        Ok(connection)
+    }
+}
+
+/// Exponential back-off between reconnection attempts: doubles from `min` to `max`
+/// after each failure, back to `min` after a success. Plain data; the caller sleeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        assert!(min <= max);
+        Backoff { min, max, next: min }
+    }
+
+    /// The delay before the next attempt, after a failure.
+    pub fn failed(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub fn succeeded(&mut self) {
+        self.next = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let delays: Vec<u128> = (0..4).map(|_| backoff.failed().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 350, 350]);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), Duration::from_millis(100));
+    }
+}
