@@ -93,6 +93,19 @@ impl<K: Hash + Eq + Copy> Throttle<K> {
         }
     }
 
+    /// True when `key` has attempts in flight or counted in the current window (a
+    /// failed check from this address, say). Always false for a throttle that is off.
+    pub fn is_active(&self, key: &K, now_ms: u64) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| e.in_flight > 0 || (e.counted > 0 && now_ms < e.window_start_ms + WINDOW_MS))
+    }
+
+    /// Whether the throttle counts at all (`max` 0 turns it off).
+    pub fn is_on(&self) -> bool {
+        self.max > 0
+    }
+
     /// Counts one attempt that counts whatever its outcome (a sign-up, a rotation).
     pub fn take(&mut self, key: K, now_ms: u64) -> Result<(), Refused> {
         self.begin(key, now_ms)?;
@@ -170,6 +183,19 @@ mod tests {
         assert_eq!(counted.take(1, 0), Err(Refused { retry_after_ms: WINDOW_MS }));
         let mut unlimited: Throttle<u32> = Throttle::new(0, 1);
         assert!((0..10).all(|_| unlimited.begin(1, 0).is_ok()), "max 0 turns it off");
+    }
+
+    #[test]
+    fn activity_is_what_is_in_flight_or_counted_this_window() {
+        let mut throttle: Throttle<u8> = Throttle::new(5, 10);
+        assert!(!throttle.is_active(&1, 0));
+        throttle.begin(1, 0).unwrap();
+        assert!(throttle.is_active(&1, 0), "in flight");
+        throttle.end(1, 0, true);
+        assert!(throttle.is_active(&1, 10), "a failure this window");
+        assert!(!throttle.is_active(&1, WINDOW_MS), "not after it");
+        let off: Throttle<u8> = Throttle::new(0, 1);
+        assert!(!off.is_on() && !off.is_active(&1, 0));
     }
 
     #[test]

@@ -166,10 +166,18 @@ impl Shard {
 /// One key check that may cost the database and Argon2, counted against its lookup id
 /// and its client address (`auth::throttle`) from `begin` until `end` (or drop: a
 /// request that went away counts as not failed).
+///
+/// A lookup id over its limit still lets a check through from an address with no
+/// failure this window and none in flight (when addresses are counted at all):
+/// whoever knows a key's first 19 characters cannot lock its holder out by failing
+/// with it, only themselves. The bypass admits at most one check per address at a
+/// time, and none once that address has failed.
 struct KeyCheck<'a> {
     shard: &'a Shard,
     lookup_id: i64,
     address: u128,
+    /// Whether this check holds a place in its lookup id's count.
+    counted_by_id: bool,
     ended: bool,
 }
 
@@ -182,14 +190,23 @@ impl<'a> KeyCheck<'a> {
             CoreMetrics::count(&shard.metrics.auth_throttled, 1);
             AuthError::Throttled { what, retry_after_ms }
         };
-        if let Err(r) = throttles.key_failures_by_id.begin(lookup_id, now) {
-            return Err(refused(r.retry_after_ms, "too many failed checks of this API key id"));
-        }
+        let counted_by_id = match throttles.key_failures_by_id.begin(lookup_id, now) {
+            Ok(()) => true,
+            Err(r) => {
+                let by_address = &throttles.key_failures_by_address;
+                if !by_address.is_on() || by_address.is_active(&address, now) {
+                    return Err(refused(r.retry_after_ms, "too many failed checks of this API key id"));
+                }
+                false
+            }
+        };
         if let Err(r) = throttles.key_failures_by_address.begin(address, now) {
-            throttles.key_failures_by_id.end(lookup_id, now, false);
+            if counted_by_id {
+                throttles.key_failures_by_id.end(lookup_id, now, false);
+            }
             return Err(refused(r.retry_after_ms, "too many failed API key checks from this address"));
         }
-        Ok(KeyCheck { shard, lookup_id, address, ended: false })
+        Ok(KeyCheck { shard, lookup_id, address, counted_by_id, ended: false })
     }
 
     /// `failed`: the key was wrong or unknown.
@@ -203,7 +220,9 @@ impl<'a> KeyCheck<'a> {
         }
         let now = now_ms();
         let mut throttles = self.shard.throttles.borrow_mut();
-        throttles.key_failures_by_id.end(self.lookup_id, now, failed);
+        if self.counted_by_id {
+            throttles.key_failures_by_id.end(self.lookup_id, now, failed);
+        }
         throttles.key_failures_by_address.end(self.address, now, failed);
         if failed {
             CoreMetrics::count(&self.shard.metrics.auth_failures, 1);

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
+use super::pg::Backoff;
 use super::Storage;
 
 pub const REVOKE_CHANNEL: &str = "triggerd_revoke";
@@ -22,16 +23,17 @@ const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 
 /// Runs for the life of the storage core.
 pub async fn listen(storage: Rc<Storage>) {
-    let mut delay = RETRY_DELAY_MIN;
+    let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX);
     let mut reconnecting = false;
     loop {
         match session(&storage, reconnecting).await {
-            Ok(()) => delay = RETRY_DELAY_MIN,
-            Err(e) => tracing::warn!(error = %e, "revocation listener lost its connection"),
+            Ok(()) => backoff.succeeded(),
+            Err(e) => {
+                tracing::warn!(error = %crate::util::error_chain(&e), "revocation listener lost its connection")
+            }
         }
         reconnecting = true;
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(RETRY_DELAY_MAX);
+        tokio::time::sleep(backoff.failed()).await;
     }
 }
 

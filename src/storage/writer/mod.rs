@@ -1,4 +1,6 @@
-//! The batch writer: group commit of events from the rings.
+//! The batch writer: group commit of events from the rings. Its decisions (dedup
+//! folding, what a row means, bisection) are plain functions in `plan`; this file is
+//! the IO around them.
 //!
 //! Two writer tasks run on the storage core, each with its own connection: while one
 //! batch commits, the other fills and sends the next, so a batch is whatever arrived
@@ -8,6 +10,8 @@
 //! waiting requests completed. Back of the envelope: at ~15 µs of PostgreSQL CPU per
 //! row plus ~55 µs per fsync, 512 rows commit in ~8 ms, i.e. the write path is bound
 //! by PostgreSQL's per-row cost, not by round trips.
+
+mod plan;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,8 +23,10 @@ use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use super::metrics::StorageMetrics;
-use super::pg::Db;
+use super::pg::{set_statement_timeout, Backoff, Db};
 use crate::handoff::{EventRecord, Handoff, Outcome};
+use crate::util::error_chain;
+use plan::{verdict, Bisection, Plan, RowVerdict};
 
 /// The one statement per batch. The dedup ledger is claimed first; an event is
 /// inserted only if it has no dedup_id or won its claim, and is due for delivery at
@@ -98,47 +104,62 @@ pub struct Writer {
     pub partitions_wanted: Rc<Notify>,
 }
 
-/// One writer task; runs for the life of the storage core.
-pub async fn run(parts: Writer) {
-    let Writer { number: writer, handoff, db, limits, metrics, committed, partitions_wanted } = parts;
-    let mut connection: Option<WriterConnection> = None;
-    let mut next_attempt = Instant::now();
-    let mut delay = RECONNECT_DELAY_MIN;
-    let mut batch: Vec<(usize, EventRecord)> = Vec::with_capacity(limits.events_max);
-    let mut cursor = writer;
-    let mut touched = vec![false; handoff.links.len()];
-    loop {
-        batch.clear();
-        handoff.drain(&mut batch, &mut cursor, limits.events_max, limits.bytes_max);
-        if batch.is_empty() {
-            handoff.wait_for_events().await;
-            continue;
+/// The writer's connection, opened lazily and reopened after a loss with back-off;
+/// while it is down (and before the next attempt is due) batches fail at once (503).
+struct Link {
+    connection: Option<WriterConnection>,
+    next_attempt: Instant,
+    backoff: Backoff,
+}
+
+impl Link {
+    async fn get(&mut self, parts: &Writer) -> Option<&WriterConnection> {
+        if self.connection.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.connection = None;
         }
-        if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
-            connection = None;
-            if Instant::now() >= next_attempt {
-                match connect(&db, limits.statement_timeout).await {
-                    Ok(c) => {
-                        connection = Some(c);
-                        delay = RECONNECT_DELAY_MIN;
-                    }
-                    Err(e) => {
-                        tracing::warn!(writer, error = %e, retry_in_ms = delay.as_millis() as u64, "writer cannot connect");
-                        next_attempt = Instant::now() + delay;
-                        delay = (delay * 2).min(RECONNECT_DELAY_MAX);
-                    }
+        if self.connection.is_none() && Instant::now() >= self.next_attempt {
+            match connect(&parts.db, parts.limits.statement_timeout).await {
+                Ok(c) => {
+                    self.connection = Some(c);
+                    self.backoff.succeeded();
+                }
+                Err(e) => {
+                    let delay = self.backoff.failed();
+                    tracing::warn!(writer = parts.number, error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "writer cannot connect");
+                    self.next_attempt = Instant::now() + delay;
                 }
             }
         }
+        self.connection.as_ref()
+    }
+}
+
+/// One writer task; runs for the life of the storage core.
+pub async fn run(parts: Writer) {
+    let mut link = Link {
+        connection: None,
+        next_attempt: Instant::now(),
+        backoff: Backoff::new(RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX),
+    };
+    let mut batch: Vec<(usize, EventRecord)> = Vec::with_capacity(parts.limits.events_max);
+    let mut cursor = parts.number;
+    loop {
+        batch.clear();
+        parts.handoff.drain(&mut batch, &mut cursor, parts.limits.events_max, parts.limits.bytes_max);
+        if batch.is_empty() {
+            parts.handoff.wait_for_events().await;
+            continue;
+        }
+        debug_assert!(batch.len() <= parts.limits.events_max, "a batch within its limits");
         let started = Instant::now();
         let mut to_push = Vec::new();
-        let outcomes = match &connection {
-            Some(c) => {
-                let written = write_batch(c, &batch, &mut to_push).await;
-                metrics.statements(written.statements);
+        let outcomes = match link.get(&parts).await {
+            Some(connection) => {
+                let written = write_batch(connection, &batch, &mut to_push).await;
+                parts.metrics.statements(written.statements);
                 if written.partition_missing {
                     // Maintenance creates it now; the clients retry after Retry-After.
-                    partitions_wanted.notify_one();
+                    parts.partitions_wanted.notify_one();
                 }
                 written.outcomes
             }
@@ -146,33 +167,41 @@ pub async fn run(parts: Writer) {
         };
         // Committed: hand the events to push to the engine. If its queue is full they
         // are not lost: they are due in the database and its poller claims them.
-        if let Some(committed) = committed.as_ref().filter(|_| !to_push.is_empty()) {
+        if let Some(committed) = parts.committed.as_ref().filter(|_| !to_push.is_empty()) {
             let _ = committed.try_send(to_push);
         }
         let failed = outcomes.iter().all(|o| *o == Outcome::Unavailable);
-        metrics.batch(batch.len(), started.elapsed(), failed);
-        if connection.as_ref().is_some_and(|c| c.client.is_closed()) {
-            connection = None;
-            next_attempt = Instant::now();
+        parts.metrics.batch(batch.len(), started.elapsed(), failed);
+        if link.connection.as_ref().is_some_and(|c| c.client.is_closed()) {
+            // Lost during this batch: the next one tries to reconnect at once.
+            link.connection = None;
+            link.next_attempt = Instant::now();
         }
-        if connection.is_none() {
-            db.status.lost();
+        if link.connection.is_none() {
+            parts.db.status.lost();
         }
-        for ((core, record), outcome) in batch.iter().zip(outcomes) {
-            handoff.links[*core].complete(record.slot, outcome);
-            touched[*core] = true;
-        }
-        for (core, touched) in touched.iter_mut().enumerate() {
-            if std::mem::take(touched) {
-                handoff.links[core].wake();
-            }
+        complete(&parts.handoff, &batch, outcomes);
+    }
+}
+
+/// Gives every event of the batch its outcome, then wakes each core that had one.
+fn complete(handoff: &Handoff, batch: &[(usize, EventRecord)], outcomes: Vec<Outcome>) {
+    assert_eq!(batch.len(), outcomes.len(), "one outcome per event: every ticket is completed once");
+    let mut touched = 0u128;
+    for ((core, record), outcome) in batch.iter().zip(outcomes) {
+        handoff.links[*core].complete(record.slot, outcome);
+        touched |= 1 << (*core % 128);
+    }
+    for (core, link) in handoff.links.iter().enumerate() {
+        if touched & (1 << (core % 128)) != 0 {
+            link.wake();
         }
     }
 }
 
 async fn connect(db: &Db, statement_timeout: Duration) -> Result<WriterConnection, tokio_postgres::Error> {
     let client = db.connect().await?;
-    super::pg::set_statement_timeout(&client, statement_timeout).await?;
+    set_statement_timeout(&client, statement_timeout).await?;
     let insert = client.prepare(INSERT_BATCH_SQL).await?;
     let find_claim = client.prepare(FIND_CLAIM_SQL).await?;
     Ok(WriterConnection { client, insert, find_claim })
@@ -194,68 +223,40 @@ impl BatchWrite {
     }
 }
 
-/// Writes one batch.
+/// Writes one batch: one statement, or, when PostgreSQL refuses it for its data,
+/// bisection inside one transaction.
 async fn write_batch(
     connection: &WriterConnection,
     batch: &[(usize, EventRecord)],
     to_push: &mut Vec<(Uuid, Uuid)>,
 ) -> BatchWrite {
-    let started = Instant::now();
-    // Two events of one organisation with one dedup_id in the same batch: only the
-    // first goes to PostgreSQL (ON CONFLICT cannot touch a row twice in a statement);
-    // the later ones get the first one's fate.
-    let mut first_claim: AHashMap<(Uuid, &str), usize> = AHashMap::new();
-    let mut follows: Vec<Option<usize>> = vec![None; batch.len()];
-    let mut primaries: Vec<usize> = Vec::with_capacity(batch.len());
-    for (index, (_, record)) in batch.iter().enumerate() {
-        if let Some(dedup_id) = record.dedup_id.as_deref() {
-            if let Some(&first) = first_claim.get(&(record.org_id, dedup_id)) {
-                follows[index] = Some(first);
-                continue;
-            }
-            first_claim.insert((record.org_id, dedup_id), index);
-        }
-        primaries.push(index);
-    }
-
+    let plan = Plan::new(batch.iter().map(|(_, r)| (r.org_id, r.dedup_id.as_deref())));
     let mut outcomes = vec![Outcome::Accepted; batch.len()];
     let mut statements = 1;
-    match insert(connection, batch, &primaries, &mut outcomes, to_push).await {
+    match insert(connection, batch, &plan.primaries, &mut outcomes, to_push).await {
         Ok(()) => {}
         Err(e) if is_missing_partition(&e) => {
-            tracing::warn!(error = %e, "no partition for this batch's day; creating it, the batch is retried by its clients");
+            tracing::warn!(error = %error_chain(&e), "no partition for this batch's day; creating it, the batch is retried by its clients");
             return BatchWrite::unavailable(batch.len(), statements, true);
         }
         Err(e) if is_data_error(&e) => {
             // The JSON gate admits only what PostgreSQL stores, so this is a defence:
             // find the refused events by bisection, never one commit per event.
-            tracing::warn!(error = %e, events = primaries.len(), "batch refused; isolating the refused events");
-            let isolated = isolate_refused(connection, batch, &primaries, &mut outcomes, to_push).await;
+            tracing::warn!(error = %error_chain(&e), events = plan.primaries.len(), "batch refused; isolating the refused events");
+            let isolated = isolate_refused(connection, batch, &plan.primaries, &mut outcomes, to_push).await;
             statements += isolated.statements;
             if let Err(e) = isolated.result {
-                tracing::error!(error = %e, "batch write failed while isolating refused events");
+                tracing::error!(error = %error_chain(&e), "batch write failed while isolating refused events");
                 to_push.clear();
                 return BatchWrite::unavailable(batch.len(), statements, is_missing_partition(&e));
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "batch write failed");
+            tracing::error!(error = %error_chain(&e), "batch write failed");
             return BatchWrite::unavailable(batch.len(), statements, false);
         }
     }
-    for (index, first) in follows.iter().enumerate() {
-        if let Some(first) = *first {
-            outcomes[index] = match &outcomes[first] {
-                Outcome::Accepted => Outcome::Duplicate { original: batch[first].1.id },
-                other => other.clone(),
-            };
-        }
-    }
-    tracing::trace!(
-        events = batch.len(),
-        commit_us = started.elapsed().as_micros() as u64,
-        "batch committed"
-    );
+    plan.settle_followers(&mut outcomes, |index| batch[index].1.id);
     BatchWrite { outcomes, statements, partition_missing: false }
 }
 
@@ -265,11 +266,10 @@ struct Isolated {
     statements: u64,
 }
 
-/// Writes `indexes` in one transaction, splitting every part that PostgreSQL refuses
-/// for its data in two (a savepoint per part) until the refused events stand alone:
-/// one bad event among n costs about 2·log2(n) statements, and every other event
-/// commits with the rest of its group in one commit. `Err` (everything rolled back)
-/// on any error that is not the data's.
+/// Writes `indexes` in one transaction, a savepoint per part of the bisection
+/// (`plan::Bisection`), so the refused events stand alone and every other event
+/// commits with the rest of its group in one commit. `Err` (everything rolled back) on
+/// any error that is not the data's.
 async fn isolate_refused(
     connection: &WriterConnection,
     batch: &[(usize, EventRecord)],
@@ -281,11 +281,8 @@ async fn isolate_refused(
     let client = &connection.client;
     let result = async {
         client.batch_execute("BEGIN").await?;
-        // The whole set was just refused: start from its halves.
-        let mut parts: Vec<&[usize]> = Vec::new();
-        let (left, right) = indexes.split_at(indexes.len() / 2);
-        parts.extend([right, left].into_iter().filter(|part| !part.is_empty()));
-        while let Some(part) = parts.pop() {
+        let mut bisection = Bisection::of(indexes);
+        while let Some(part) = bisection.next_part() {
             let pushed = to_push.len();
             client.batch_execute("SAVEPOINT part").await?;
             statements += 1;
@@ -295,16 +292,10 @@ async fn isolate_refused(
                     client.batch_execute("ROLLBACK TO SAVEPOINT part").await?;
                     to_push.truncate(pushed);
                     part.iter().for_each(|&i| outcomes[i] = Outcome::Accepted);
-                    match part {
-                        [only] => {
-                            let message =
-                                e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_owned());
-                            outcomes[*only] = Outcome::Rejected { message };
-                        }
-                        _ => {
-                            let (left, right) = part.split_at(part.len() / 2);
-                            parts.extend([right, left]);
-                        }
+                    if let Some(alone) = bisection.refused(part) {
+                        let message =
+                            e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_owned());
+                        outcomes[alone] = Outcome::Rejected { message };
                     }
                 }
                 Err(e) => return Err(e),
@@ -361,28 +352,25 @@ async fn insert(
     let position: AHashMap<Uuid, usize> = indexes.iter().map(|&i| (batch[i].1.id, i)).collect();
     for row in rows {
         let id: Uuid = row.try_get(0)?;
-        let original: Option<Uuid> = row.try_get(1)?;
-        let inserted: bool = row.try_get(2)?;
         let Some(&index) = position.get(&id) else { continue };
         let record = &batch[index].1;
-        if inserted {
-            to_push.push((record.org_id, id));
-            continue;
-        }
-        let original = match (original, record.dedup_id.as_deref()) {
-            (Some(original), _) => Some(original),
-            (None, Some(dedup_id)) => connection
-                .client
-                .query_opt(&connection.find_claim, &[&record.org_id, &dedup_id])
-                .await?
-                .map(|row| row.try_get(0))
-                .transpose()?,
-            (None, None) => None,
-        };
-        outcomes[index] = match original {
-            Some(original) => Outcome::Duplicate { original },
-            // Neither inserted nor a duplicate: an id collision; let the client retry.
-            None => Outcome::Unavailable,
+        outcomes[index] = match verdict(row.try_get(2)?, row.try_get(1)?, record.dedup_id.is_some()) {
+            RowVerdict::Push => {
+                to_push.push((record.org_id, id));
+                continue;
+            }
+            RowVerdict::Duplicate(original) => Outcome::Duplicate { original },
+            RowVerdict::LookUpClaim => {
+                let claim = connection
+                    .client
+                    .query_opt(&connection.find_claim, &[&record.org_id, &record.dedup_id])
+                    .await?;
+                match claim.map(|row| row.try_get(0)).transpose()? {
+                    Some(original) => Outcome::Duplicate { original },
+                    None => Outcome::Unavailable,
+                }
+            }
+            RowVerdict::Collision => Outcome::Unavailable,
         };
     }
     Ok(())
