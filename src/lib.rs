@@ -3,45 +3,64 @@
 //! A durable, low-latency implementation of the Triggers API: clients POST JSON events
 //! with an API key; each event is committed to PostgreSQL before it is acknowledged.
 //!
-//! A tour, following one event:
+//! The modules are layers, listed here from the bottom up. Each uses only the ones
+//! listed before it (`tests/layers.rs` fails otherwise), so each can be read, tested
+//! and replaced knowing only what lies beneath it.
 //!
-//! - [`runtime`] places the threads: one pinned glommio (io_uring) executor per HTTP
-//!   core, each with its own `SO_REUSEPORT` listener, and one storage thread. It is the
-//!   only module besides `http` that names glommio.
-//! - [`http`] is the hand-written HTTP/1.1 layer on httparse: the request-head parser
-//!   and chunked decoder (plain functions over bytes), the response writer with
-//!   pre-rendered heads and a cached `Date`, and the connection loop (keep-alive,
-//!   pipelining, timeouts, limits).
-//! - [`api`] routes a request to one handler per resource; each decodes, acts and
-//!   encodes, and every error becomes HTTP in `api::error`.
-//! - [`auth`] owns API keys: their format, the Argon2id hash stored at rest and the
-//!   bounded blocking pool where Argon2 runs.
-//! - [`shard`] is the per-core state: the key table (verified keys, negative cache),
-//!   the organisation rate windows (one shared atomic each, exact across cores), the id
-//!   generator. No locks.
-//! - [`ingest`] is the path of one event on its core: validate (simd-json), admit
-//!   against the rate window, assign a UUIDv7, hand off, await the commit.
-//! - [`handoff`] carries events to the storage core over one bounded lock-free ring per
-//!   core, and outcomes back through a completion ring and one waker per core.
-//! - [`storage`] is the storage core: a tokio current-thread runtime that batches the
-//!   rings into one `INSERT … SELECT FROM unnest(…)` per commit (group commit on two
-//!   connections), runs commands from the HTTP cores, applies migrations, and can run a
-//!   private PostgreSQL cluster.
-//! - [`delivery`] is the webhook engine on the storage thread: leased attempts claimed
+//! - [`util`]: leaves. The one wall clock and the wire's date formats (`time`), the
+//!   UUIDv7 layout (`ids`), the JSON gate every body passes before any parser and the
+//!   response writer (`json`), the one webhook URL parser (`url`), CPUs and limits
+//!   (`sys`), single-writer counters and the exposition format (`stats`).
+//! - [`http`]: HTTP/1.1 on httparse. The request-head parser and chunked decoder are
+//!   plain functions over bytes; the connection loop (keep-alive, pipelining, timeouts,
+//!   limits) hands complete requests to a `Handler` and frames its responses.
+//! - [`model`]: the domain's nouns: tiers, organisations and their rate windows (one
+//!   shared atomic each, exact across cores).
+//! - [`auth`]: API keys (format, Argon2id at rest), the bounded blocking pool where
+//!   Argon2 runs, and the fairness throttles that keep one client's wrong keys from
+//!   costing everyone else.
+//! - [`handoff`]: everything that crosses from an HTTP core to the storage core: one
+//!   bounded ring of events per core with its completions, control messages back, and
+//!   the commands (key lookups, reads) on two lanes.
+//! - [`shard`]: one HTTP core's state, touched only by that core: the key table and the
+//!   key-cache protocol, ticket slots, ids, page slots, counters.
+//! - [`ingest`]: the path of one event on its core: validate (gate, then simd-json),
+//!   admit against the rate window, assign a UUIDv7, hand off, await the commit.
+//! - [`storage`]: the storage core, a thread with a tokio runtime owning every
+//!   PostgreSQL connection: group commit of the rings (`writer`, its decisions in
+//!   `writer::plan`), the commands, revocation across instances, partitions and
+//!   retention, migrations, a private cluster for development.
+//! - [`delivery`]: the webhook engine on the storage thread: leased attempts claimed
 //!   from PostgreSQL, signed (Standard Webhooks), retried on a schedule, refused for
-//!   private destinations; its logic (schedule, address guard) is plain functions.
-//! - [`metrics`] keeps per-core counters that only their core writes, merged on scrape.
-//! - [`model`] holds the domain types both sides share; [`config`] every knob.
+//!   private destinations.
+//! - [`metrics`]: assembles what each subsystem counts into one exposition.
+//! - [`api`]: the routes; each handler decodes the request, acts through the layers
+//!   below and encodes the reply; every error becomes HTTP in one place.
+//! - [`runtime`]: the composition root. It reads the configuration, places the
+//!   threads (one pinned glommio executor per HTTP core, the storage thread), starts
+//!   storage with the delivery engine on it, the Argon2 pool and the cores, and shuts
+//!   them down in order.
+
+pub mod util;
+
+pub mod http;
+
+pub mod model;
+
+pub mod auth;
+
+pub mod handoff;
+
+pub mod shard;
+
+pub mod ingest;
+
+pub mod storage;
+
+pub mod delivery;
+
+pub mod metrics;
 
 pub mod api;
-pub mod auth;
-pub mod delivery;
-pub mod handoff;
-pub mod http;
-pub mod ingest;
-pub mod metrics;
-pub mod model;
+
 pub mod runtime;
-pub mod shard;
-pub mod storage;
-pub mod util;

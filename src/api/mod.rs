@@ -2,15 +2,15 @@
 //! request, act (through the shard or the storage core), encode the reply. Errors
 //! are `ApiError`, turned into HTTP in exactly one place (`error.rs`).
 
-pub mod ack;
-pub mod auth;
-pub mod error;
-pub mod events;
-pub mod health;
-pub mod inbox;
-pub mod keys;
-pub mod metrics;
-pub mod webhooks;
+mod ack;
+mod auth;
+mod error;
+mod events;
+mod health;
+mod inbox;
+mod keys;
+mod metrics;
+mod webhooks;
 
 use std::rc::Rc;
 use std::sync::Arc;

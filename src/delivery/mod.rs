@@ -12,11 +12,11 @@
 //! saturated organisation is excluded from claims), and at most `in_flight_max` in
 //! all, so a slow or dead receiver holds a few slots, never the engine.
 
-pub mod client;
-pub mod guard;
-pub mod metrics;
-pub mod schedule;
-pub mod signing;
+mod client;
+mod guard;
+pub(crate) mod metrics;
+pub(crate) mod schedule;
+mod signing;
 pub mod store;
 
 use std::cell::{Cell, RefCell};

@@ -7,7 +7,7 @@
 pub mod check;
 pub mod config;
 pub mod config_file;
-pub mod cores;
+mod cores;
 
 use std::io::Write as _;
 use std::rc::Rc;

@@ -9,14 +9,14 @@
 //! sends a command and awaits the answer. What else runs on this thread (the delivery
 //! engine) is started by the runtime through `StorageConfig::on_start`.
 
-pub mod listener;
+mod listener;
 pub mod local_pg;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod migrations;
 pub mod pg;
 pub mod queries;
 pub mod retention;
-pub mod writer;
+mod writer;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -98,6 +98,8 @@ fn inbox_sql(filter: &str) -> String {
 }
 
 impl super::pg::PrepareStatements for Statements {
+    // Longer than most functions here on purpose: it is a table, one prepared statement
+    // per field of `Statements`, and splitting it would scatter the SQL.
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         Ok(Statements {
             lookup_key: client

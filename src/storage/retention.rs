@@ -62,7 +62,8 @@ pub fn uuid_at_day(day: i64) -> Uuid {
     crate::util::ids::uuid_at_millis((day * MICROS_PER_DAY / 1000) as u64)
 }
 
-/// One maintenance pass at `now_micros`.
+/// One maintenance pass at `now_micros`: partitions made ahead, old ones dropped,
+/// expired dedup claims deleted.
 pub async fn maintain(
     client: &Client,
     now_micros: i64,
@@ -80,7 +81,21 @@ pub async fn maintain(
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()?;
-    for day in today..=today + i64::from(config.ahead_days) {
+    create_ahead(client, today, config.ahead_days, &existing, &mut report).await?;
+    drop_expired(client, today - i64::from(config.retention_days), &existing, &mut report).await?;
+    report.dedup_claims_deleted = delete_expired_claims(client, now_micros).await?;
+    Ok(report)
+}
+
+/// Creates the partitions of `today` and the `ahead_days` after it that are missing.
+async fn create_ahead(
+    client: &Client,
+    today: i64,
+    ahead_days: u32,
+    existing: &[String],
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    for day in today..=today + i64::from(ahead_days) {
         let name = partition_name(day);
         if existing.contains(&name) {
             continue;
@@ -95,17 +110,28 @@ pub async fn maintain(
             .await?;
         report.created.push(name);
     }
-    let oldest_kept = today - i64::from(config.retention_days);
-    for name in &existing {
+    Ok(())
+}
+
+/// Detaches and drops the partitions older than `oldest_kept` whose events are all
+/// delivered; keeps (and reports) the others.
+async fn drop_expired(
+    client: &Client,
+    oldest_kept: i64,
+    existing: &[String],
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    for name in existing {
         let Some(day) = day_of(name) else { continue };
         if day >= oldest_kept {
             continue;
         }
-        let undelivered: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {name} WHERE status <> 'delivered'"), &[])
+        // EXISTS stops at the first undelivered row; a count would read the whole day.
+        let undelivered: bool = client
+            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE status <> 'delivered')"), &[])
             .await?
             .try_get(0)?;
-        if undelivered > 0 {
+        if undelivered {
             report.kept.push(name.clone());
             continue;
         }
@@ -114,7 +140,13 @@ pub async fn maintain(
         client.batch_execute(&format!("DROP TABLE {name}")).await?;
         report.dropped.push(name.clone());
     }
+    Ok(())
+}
+
+/// Deletes dedup claims older than the 24 h window (plus an hour), in bounded batches.
+async fn delete_expired_claims(client: &Client, now_micros: i64) -> Result<u64, tokio_postgres::Error> {
     let cutoff = now_micros - MICROS_PER_DAY - 3_600_000_000;
+    let mut deleted_total = 0;
     loop {
         let deleted = client
             .execute(
@@ -124,12 +156,11 @@ pub async fn maintain(
                 &[&cutoff, &DEDUP_DELETE_BATCH],
             )
             .await?;
-        report.dedup_claims_deleted += deleted;
+        deleted_total += deleted;
         if (deleted as i64) < DEDUP_DELETE_BATCH {
-            break;
+            return Ok(deleted_total);
         }
     }
-    Ok(report)
 }
 
 #[cfg(test)]
