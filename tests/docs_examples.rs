@@ -40,8 +40,12 @@ fn every_api_example_runs_against_a_live_server() {
         let json: serde_json::Value =
             serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{example}: not JSON ({e}): {stdout}"));
         assert!(json.get("error").is_none(), "{example}\n{json}");
-        let path = example.split("localhost:8080").nth(1).unwrap().split(['"', ' ', '?']).next().unwrap();
-        routes_covered.insert(path.replace("$EVENT_ID", "{id}"));
+        // Every route the example calls: a call's output goes to the next through a
+        // variable (LEASE_ID), as a user would write it.
+        for call in example.split("localhost:8080").skip(1) {
+            let path = call.split(['"', ' ', '?', ')']).next().unwrap();
+            routes_covered.insert(path.replace("$EVENT_ID", "{id}").replace("$LEASE_ID", "{id}"));
+        }
     }
     for (route, _, _) in triggerd::api::ROUTES {
         if *route != "/health" {

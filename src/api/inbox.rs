@@ -153,30 +153,40 @@ fn page_length(events: &[InboxEvent], limit: usize, bytes_max: i64) -> usize {
     events.iter().take(limit).enumerate().take_while(|(i, e)| *i == 0 || e.page_bytes <= bytes_max).count()
 }
 
-fn write_page(out: &mut Vec<u8>, events: &[InboxEvent], has_more: bool) {
-    out.extend_from_slice(b"{\"events\":[");
+/// The inbox event object, as every route that lists events writes it.
+pub(super) fn write_event(out: &mut Vec<u8>, event: &InboxEvent) {
+    ObjectWriter::new(out)
+        .uuid("id", &event.id)
+        .str("type", &event.event_type)
+        .raw("payload", &event.payload)
+        .opt_str("dedup_id", event.dedup_id.as_deref())
+        .str("status", &event.status)
+        .uint("attempts", event.attempts.max(0) as u64)
+        .uint("leases", event.leases.max(0) as u64)
+        .time("created_at", event.created_at_micros)
+        .opt_time("delivered_at", event.delivered_at_micros)
+        .opt_str("last_error", event.last_error.as_deref())
+        .finish();
+}
+
+/// An array of event objects.
+pub(super) fn write_events(out: &mut Vec<u8>, events: &[InboxEvent]) {
+    out.push(b'[');
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        ObjectWriter::new(out)
-            .uuid("id", &event.id)
-            .str("type", &event.event_type)
-            .raw("payload", &event.payload)
-            .opt_str("dedup_id", event.dedup_id.as_deref())
-            .str("status", &event.status)
-            .uint("attempts", event.attempts.max(0) as u64)
-            .time("created_at", event.created_at_micros)
-            .opt_time("delivered_at", event.delivered_at_micros)
-            .opt_str("last_error", event.last_error.as_deref())
-            .finish();
+        write_event(out, event);
     }
-    out.extend_from_slice(b"],\"next_cursor\":");
-    match events.last().filter(|_| has_more) {
-        Some(last) => crate::util::json::write_str(out, &encode_cursor(&last.id)),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.push(b'}');
+    out.push(b']');
+}
+
+fn write_page(out: &mut Vec<u8>, events: &[InboxEvent], has_more: bool) {
+    let cursor = events.last().filter(|_| has_more).map(|last| encode_cursor(&last.id));
+    ObjectWriter::new(out)
+        .with("events", |out| write_events(out, events))
+        .opt_str("next_cursor", cursor.as_deref())
+        .finish();
 }
 
 #[cfg(test)]
@@ -196,6 +206,7 @@ mod tests {
                 created_at_micros: 0,
                 delivered_at_micros: None,
                 last_error: None,
+                leases: 0,
                 page_bytes,
             })
             .collect()

@@ -9,6 +9,7 @@ mod events;
 mod health;
 mod inbox;
 mod keys;
+mod leases;
 mod metrics;
 mod webhooks;
 
@@ -41,6 +42,9 @@ pub const ROUTE_LABELS: &[&str] = &[
     "ack",
     "ack_batch",
     "webhook_config",
+    "inbox_lease",
+    "inbox_lease_ack",
+    "inbox_lease_release",
 ];
 
 /// Every route the service serves. The discriminant indexes `ROUTE_LABELS`.
@@ -58,10 +62,14 @@ pub enum Route {
     Ack,
     AckBatch,
     WebhookConfig,
+    InboxLease,
+    InboxLeaseAck,
+    InboxLeaseRelease,
 }
 
-/// (path template, route, methods allowed) — the whole routing table. `{id}` matches
-/// one path segment.
+/// (path template, route, methods allowed) — the whole routing table, tried in order.
+/// `{id}` matches one non-empty path segment; fixed templates come first, so a fixed
+/// segment wins over `{id}`.
 pub const ROUTES: &[(&str, Route, &str)] = &[
     ("/health", Route::Health, "GET, HEAD"),
     ("/health/ready", Route::Ready, "GET, HEAD"),
@@ -75,6 +83,9 @@ pub const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/ack/{id}", Route::Ack, "POST"),
     ("/api/ack", Route::AckBatch, "POST"),
     ("/api/webhook/config", Route::WebhookConfig, "POST"),
+    ("/api/inbox/lease", Route::InboxLease, "POST"),
+    ("/api/inbox/lease/{id}/ack", Route::InboxLeaseAck, "POST"),
+    ("/api/inbox/lease/{id}/release", Route::InboxLeaseRelease, "POST"),
 ];
 
 /// A matched route and its `{id}` segment, if the template has one.
@@ -85,13 +96,17 @@ pub struct Matched<'a> {
 }
 
 fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> {
-    match template.strip_suffix("{id}") {
-        Some(prefix) => {
-            let id = path.strip_prefix(prefix)?;
-            (!id.is_empty() && !id.contains('/')).then_some(Some(id))
+    let mut id = None;
+    let mut segments = path.split('/');
+    for expected in template.split('/') {
+        let segment = segments.next()?;
+        match expected {
+            "{id}" if !segment.is_empty() => id = Some(segment),
+            _ if expected == segment => {}
+            _ => return None,
         }
-        None => (template == path).then_some(None),
     }
+    segments.next().is_none().then_some(id)
 }
 
 /// Finds the route for a method and path (query string excluded).
@@ -145,6 +160,11 @@ impl Api {
             Route::Ack => ack::one(shard, request, id.unwrap_or_default(), response).await,
             Route::AckBatch => ack::many(shard, request, response).await,
             Route::WebhookConfig => webhooks::configure(shard, request, response).await,
+            Route::InboxLease => leases::lease(shard, request, response).await,
+            Route::InboxLeaseAck => leases::ack(shard, request, id.unwrap_or_default(), response).await,
+            Route::InboxLeaseRelease => {
+                leases::release(shard, request, id.unwrap_or_default(), response).await
+            }
         }
     }
 }
@@ -244,6 +264,18 @@ mod tests {
         assert_eq!(matched(Method::Post, "/api/ack/"), Err("not_found"));
         assert_eq!(matched(Method::Get, "/api/events/"), Err("not_found"));
         assert_eq!(matched(Method::Get, "/nope"), Err("not_found"));
+        assert_eq!(matched(Method::Post, "/api/inbox/lease"), Ok((Route::InboxLease, None)));
+        assert_eq!(
+            matched(Method::Post, "/api/inbox/lease/xyz/ack"),
+            Ok((Route::InboxLeaseAck, Some("xyz")))
+        );
+        assert_eq!(
+            matched(Method::Post, "/api/inbox/lease/xyz/release"),
+            Ok((Route::InboxLeaseRelease, Some("xyz")))
+        );
+        assert_eq!(matched(Method::Post, "/api/inbox/lease//ack"), Err("not_found"));
+        assert_eq!(matched(Method::Post, "/api/inbox/lease/xyz/ack/more"), Err("not_found"));
+        assert_eq!(matched(Method::Get, "/api/inbox/lease/xyz/ack"), Err("method_not_allowed"));
     }
 
     #[test]

@@ -103,6 +103,29 @@ pub enum Command {
         ids: Vec<Uuid>,
         reply: Reply<Vec<Uuid>>,
     },
+    /// Leases up to `limit` free pending events, oldest first, for `lease_seconds`.
+    Lease {
+        org_id: Uuid,
+        limit: i64,
+        lease_seconds: i64,
+        reply: Reply<Lease>,
+    },
+    /// Acknowledges the lease's events (`ids`, or all of them): answers the ids now
+    /// acknowledged, or `None` when the lease is unknown or expired.
+    LeaseAck {
+        org_id: Uuid,
+        lease_id: Uuid,
+        ids: Option<Vec<Uuid>>,
+        reply: Reply<Option<Vec<Uuid>>>,
+    },
+    /// Frees the lease's events (`ids`, or all of them): answers the ids released, or
+    /// `None` when the lease is unknown or expired.
+    LeaseRelease {
+        org_id: Uuid,
+        lease_id: Uuid,
+        ids: Option<Vec<Uuid>>,
+        reply: Reply<Option<Vec<Uuid>>>,
+    },
     /// Answers (signing secret, updated at), or `None` if the organisation is gone.
     SetWebhook {
         org_id: Uuid,
@@ -160,9 +183,23 @@ pub struct InboxEvent {
     pub delivered_at_micros: Option<i64>,
     /// The last delivery attempt's error, if the last attempt failed.
     pub last_error: Option<String>,
+    /// How many times a consumer leased the event.
+    pub leases: i32,
     /// Bytes of event JSON in the page up to and including this event (approximate:
     /// the text of its fields plus a fixed allowance for the rest).
     pub page_bytes: i64,
+}
+
+/// Leases an event may have without an acknowledgement before it is set aside as
+/// `failed` (poison) and leased no more.
+pub const LEASES_MAX: i32 = 5;
+
+/// A consumer lease: its id, when it expires (database clock), and the events it holds.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub lease_id: Uuid,
+    pub expires_at_micros: i64,
+    pub events: Vec<InboxEvent>,
 }
 
 /// Health of the write path, read by `/health/ready` on every core.

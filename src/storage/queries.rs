@@ -25,7 +25,7 @@ WHERE org_id = (SELECT org_id FROM org) AND next_attempt_at IS NOT NULL AND leas
 
 const MICROS: &str = "(extract(epoch FROM {}) * 1000000)::int8";
 
-fn micros(column: &str) -> String {
+pub(super) fn micros(column: &str) -> String {
     MICROS.replace("{}", column)
 }
 
@@ -44,6 +44,7 @@ pub struct Statements {
     find_existing: Statement,
     set_webhook: Statement,
     stop_deliveries: Statement,
+    pub(super) leases: super::leases::LeaseStatements,
 }
 
 /// The SQL of the inbox page query for a view (public so a test can EXPLAIN it).
@@ -73,16 +74,16 @@ pub const INBOX_EVENT_OVERHEAD_BYTES: i64 = 256;
 /// nor this process holds, much more than one page of bytes.
 fn inbox_sql(filter: &str) -> String {
     format!(
-        "SELECT id, type, payload, dedup_id, status, attempts, created_us, delivered_us, last_error, running
+        "SELECT id, type, payload, dedup_id, status, attempts, created_us, delivered_us, last_error, leases, running
          FROM (
              SELECT page.*, sum(page.bytes) OVER (ORDER BY page.id DESC ROWS UNBOUNDED PRECEDING) AS running
              FROM (
-                 SELECT id, type, payload, dedup_id, status, attempts, created_us, delivered_us, last_error,
+                 SELECT id, type, payload, dedup_id, status, attempts, created_us, delivered_us, last_error, leases,
                         octet_length(payload) + octet_length(type) + coalesce(octet_length(dedup_id), 0)
                             + coalesce(octet_length(last_error), 0) + {INBOX_EVENT_OVERHEAD_BYTES} AS bytes
                  FROM (
                      SELECT id, type, payload::text AS payload, dedup_id, status, attempts,
-                            {} AS created_us, {} AS delivered_us, last_error
+                            {} AS created_us, {} AS delivered_us, last_error, leases
                      FROM events
                      WHERE org_id = $1 AND id < $2 {filter}
                      ORDER BY id DESC
@@ -182,6 +183,7 @@ impl super::pg::PrepareStatements for Statements {
                 ))
                 .await?,
             stop_deliveries: client.prepare(SWITCH_OFF_SQL).await?,
+            leases: super::leases::prepare(client).await?,
         })
     }
 }
@@ -214,6 +216,17 @@ impl Storage {
             }
             Command::AckMany { org_id, ids, reply } => {
                 let _ = reply.send(self.ack_many(org_id, ids).await.map_err(CommandError::from));
+            }
+            Command::Lease { org_id, limit, lease_seconds, reply } => {
+                let _ =
+                    reply.send(self.lease(org_id, limit, lease_seconds).await.map_err(CommandError::from));
+            }
+            Command::LeaseAck { org_id, lease_id, ids, reply } => {
+                let _ = reply.send(self.lease_ack(org_id, lease_id, ids).await.map_err(CommandError::from));
+            }
+            Command::LeaseRelease { org_id, lease_id, ids, reply } => {
+                let _ =
+                    reply.send(self.lease_release(org_id, lease_id, ids).await.map_err(CommandError::from));
             }
             Command::SetWebhook { org_id, url, reply } => {
                 let _ = reply.send(self.set_webhook(org_id, url).await.map_err(CommandError::from));
@@ -255,7 +268,8 @@ impl Storage {
                     created_at_micros: row.try_get(6)?,
                     delivered_at_micros: row.try_get(7)?,
                     last_error: row.try_get(8)?,
-                    page_bytes: row.try_get(9)?,
+                    leases: row.try_get(9)?,
+                    page_bytes: row.try_get(10)?,
                 })
             })
             .collect()

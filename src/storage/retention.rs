@@ -39,6 +39,7 @@ pub struct Report {
     /// Old partitions kept because some of their events are not delivered.
     pub kept: Vec<String>,
     pub dedup_claims_deleted: u64,
+    pub consumer_leases_deleted: u64,
 }
 
 pub fn partition_name(day: i64) -> String {
@@ -84,6 +85,11 @@ pub async fn maintain(
     create_ahead(client, today, config.ahead_days, &existing, &mut report).await?;
     drop_expired(client, today - i64::from(config.retention_days), &existing, &mut report).await?;
     report.dedup_claims_deleted = delete_expired_claims(client, now_micros).await?;
+    // A lease's row only matters while it lives (acks and releases check it); a day
+    // later it goes.
+    report.consumer_leases_deleted = client
+        .execute("DELETE FROM consumer_leases WHERE expires_at < now() - interval '1 day'", &[])
+        .await?;
     Ok(report)
 }
 

@@ -73,6 +73,12 @@ impl<'a> ObjectWriter<'a> {
         }
     }
 
+    /// A value written by `write` (an array of objects, say).
+    pub fn with(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        write(self.key(key));
+        self
+    }
+
     /// A value that is already JSON text (a stored payload).
     pub fn raw(&mut self, key: &str, json: &str) -> &mut Self {
         self.key(key).extend_from_slice(json.as_bytes());
