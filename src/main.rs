@@ -95,8 +95,36 @@ fn apply_config_file() -> Result<BTreeSet<String>, String> {
     Ok(applied)
 }
 
+/// A clap error, with the environment variable named when the bad value came from one
+/// (clap names only the flag, which the user never typed).
+fn exit_naming_the_variable(error: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        error.exit();
+    }
+    let Some(ContextValue::String(argument)) = error.get(ContextKind::InvalidArg) else { error.exit() };
+    let long = argument.trim_start_matches("--").split([' ', '=']).next().unwrap_or_default().to_string();
+    let typed =
+        std::env::args().any(|arg| arg == format!("--{long}") || arg.starts_with(&format!("--{long}=")));
+    let variable = Cli::command().get_subcommands().find_map(|sub| {
+        sub.get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+            .and_then(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+    });
+    match variable.filter(|v| !typed && std::env::var_os(v).is_some()) {
+        Some(variable) => {
+            let _ = error.print();
+            eprintln!("\nThe value came from the environment variable {variable} (or the --config file), not from the command line.");
+            std::process::exit(2)
+        }
+        None => error.exit(),
+    }
+}
+
 /// `--print-config`: every option of `serve`, its effective value and its source.
-fn print_config(matches: &clap::ArgMatches, from_file: &BTreeSet<String>) {
+/// Options whose default is computed at start-up show the value they will take.
+fn print_config(matches: &clap::ArgMatches, from_file: &BTreeSet<String>, config: &ServeConfig) {
     let command = Cli::command();
     let Some(serve) = command.find_subcommand("serve") else { return };
     let mut out = String::new();
@@ -116,7 +144,23 @@ fn print_config(matches: &clap::ArgMatches, from_file: &BTreeSet<String>) {
             Some(clap::parser::ValueSource::DefaultValue) => "default",
             _ => "unset",
         };
-        let _ = writeln!(out, "{long} = {}  # {source}", value.unwrap_or_else(|| "(unset)".into()));
+        let (value, source) = match (value, long) {
+            (Some(value), _) => (value, source.to_string()),
+            (None, "http-cores") => {
+                let cpus = triggerd::util::sys::available_cpus();
+                (
+                    config.http_cores(cpus).to_string(),
+                    format!("default: all {cpus} CPUs but one, at least one"),
+                )
+            }
+            (None, "storage-cpu") => ("(unpinned unless a CPU is left over)".into(), "default".into()),
+            (None, "database-url") => {
+                ("(unset: the embedded cluster under --data-dir)".into(), "default".into())
+            }
+            (None, "admin-token") => ("(unset: sign-up open on loopback only)".into(), "default".into()),
+            (None, _) => ("(unset)".into(), source.to_string()),
+        };
+        let _ = writeln!(out, "{long} = {value}  # {source}");
     }
     let _ = write!(std::io::stdout(), "{out}");
 }
@@ -129,7 +173,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error) => exit_naming_the_variable(error),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -137,9 +184,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Serve(config) if config.print_config => {
             if let Some(serve) = matches.subcommand_matches("serve") {
-                print_config(serve, &from_file);
+                print_config(serve, &from_file, &config);
             }
-            Ok(())
+            // Printed first, so every value is there to see; then the verdict on them.
+            config.validate()
         }
         Commands::Serve(config) => runtime::serve(*config),
         Commands::Migrate { database_url } => migrate(&database_url),

@@ -71,7 +71,10 @@ fn generate_refuses_bad_input_field_by_field() {
 fn admin_token_closes_open_sign_up() {
     let server = Server::start(&["--admin-token", "s3cret-admin"]);
     let body = Some(r#"{"organization_name":"closed"}"#);
-    server.request("POST", "/api/keys/generate", &[JSON], body).assert_error(401, "unauthorized");
+    let missing =
+        server.request("POST", "/api/keys/generate", &[JSON], body).assert_error(401, "unauthorized");
+    // Regression: the message named the API key, the wrong credential for sign-up.
+    assert!(missing["message"].as_str().unwrap().contains("admin token"), "{missing}");
     server
         .request("POST", "/api/keys/generate", &[JSON, ("Authorization", "Bearer wrong")], body)
         .assert_error(401, "unauthorized");

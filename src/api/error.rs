@@ -25,6 +25,8 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("a valid API key is required (X-API-Key or Authorization: Bearer)")]
     Unauthorized,
+    #[error("sign-up is closed on this server: POST /api/keys/generate needs Authorization: Bearer <the admin token the operator set>")]
+    AdminTokenRequired,
     #[error("{0}")]
     NotFound(&'static str),
     #[error("this route does not accept that method")]
@@ -89,7 +91,7 @@ impl ApiError {
             ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } | ApiError::Malformed(_) => 400,
             ApiError::UnsupportedMediaType => 415,
             ApiError::PayloadTooLarge => 413,
-            ApiError::Unauthorized => 401,
+            ApiError::Unauthorized | ApiError::AdminTokenRequired => 401,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::DuplicateEvent { .. } => 409,
@@ -107,7 +109,7 @@ impl ApiError {
             ApiError::InvalidRequest { .. } | ApiError::Malformed(_) => "invalid_request",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::AdminTokenRequired => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::DuplicateEvent { .. } => "duplicate_event",

@@ -70,7 +70,7 @@ pub async fn generate(
         Some(token) => {
             let presented = request.bearer_token().unwrap_or_default();
             if !constant_time_eq(presented, token.as_bytes()) {
-                return Err(ApiError::Unauthorized);
+                return Err(ApiError::AdminTokenRequired);
             }
         }
         // Open sign-up: each costs an Argon2 hash and a row; bounded per address.

@@ -208,6 +208,9 @@ pub struct StorageStatus {
     /// PostgreSQL answered the prober's last check (writers clear it at once when a
     /// write fails for lack of a connection).
     pub db_ok: AtomicBool,
+    /// Set when the process shuts down: connections closing now are expected, not
+    /// warnings.
+    pub closing: AtomicBool,
 }
 
 impl StorageStatus {

@@ -17,11 +17,24 @@ pub enum LogFormat {
 
 use crate::auth::keys::ARGON2_MEMORY_KIB;
 
+/// `--listen`: `ip:port`, or `host:port` resolved to its first address.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not an address like 127.0.0.1:8080 or localhost:8080 ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address every HTTP core listens on (SO_REUSEPORT). Port 0 picks a free port,
     /// printed on the "listening" line.
-    #[arg(long, env = "TRIGGERD_LISTEN", default_value = "127.0.0.1:8080")]
+    /// A host name works too (`localhost:8080`): its first address is used.
+    #[arg(long, env = "TRIGGERD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Number of HTTP cores (glommio executors, one pinned thread each). Default: all
@@ -48,7 +61,7 @@ pub struct ServeConfig {
     pub pg_port: u16,
 
     /// Stop the embedded cluster when triggerd exits.
-    #[arg(long, env = "TRIGGERD_PG_STOP_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "TRIGGERD_PG_STOP_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub pg_stop_on_exit: bool,
 
     /// Bearer token required by POST /api/keys/generate. Unset (or empty): sign-up is
@@ -60,7 +73,7 @@ pub struct ServeConfig {
     /// Allow open sign-up (no --admin-token) on a non-loopback --listen address: anyone
     /// who can reach the port can then create organisations. Without it, `serve` refuses
     /// that combination.
-    #[arg(long, env = "TRIGGERD_OPEN_SIGNUP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "TRIGGERD_OPEN_SIGNUP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub open_signup: bool,
 
     /// Events each HTTP core may have waiting for the storage core (ring size and
@@ -155,7 +168,7 @@ pub struct ServeConfig {
     /// Deliver webhooks to loopback, private and link-local addresses too (local
     /// development and tests only: it exposes internal services to whoever configures
     /// a webhook).
-    #[arg(long, env = "TRIGGERD_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "TRIGGERD_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub webhook_allow_private: bool,
 
     /// Timeout of one webhook attempt (connect, TLS, request, response).

@@ -35,24 +35,56 @@ pub use cores::{HttpCores, IO_MEMORY_BYTES, MEMLOCK_BYTES_MIN};
 /// Commands executing at once per lane on the storage thread.
 const COMMANDS_IN_FLIGHT_MAX: usize = 256;
 
+/// The embedded cluster this process uses, and whether this process started it.
+struct Managed {
+    cluster: LocalPg,
+    started_here: bool,
+    /// Held for the process's life: one `serve` per data directory.
+    _lock: std::fs::File,
+}
+
 /// Runs `triggerd serve` until a shutdown signal; `Err` is the message to print.
 pub fn serve(config: ServeConfig) -> Result<(), String> {
     config.validate()?;
     init_logging(&config.log, config.log_format);
     let signals = block_shutdown_signals();
     check_host()?;
+    check_port_free(config.listen)?;
+    let (database, managed) = open_database(&config)?;
+    let result = run(&config, database, &signals);
+    if let Some(managed) = managed {
+        // A failed start stops only a cluster it started; a clean exit honours
+        // --pg-stop-on-exit.
+        let stop = match &result {
+            Ok(()) => config.pg_stop_on_exit,
+            Err(_) => managed.started_here,
+        };
+        if stop {
+            if let Err(e) = managed.cluster.stop() {
+                tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
+            }
+        }
+    }
+    result
+}
+
+/// Starts everything on `database`, serves until a signal, shuts down in order.
+fn run(
+    config: &ServeConfig,
+    database: tokio_postgres::Config,
+    signals: &libc::sigset_t,
+) -> Result<(), String> {
     let http_cores = config.http_cores(sys::available_cpus());
     let mut plan = cores::plan_placement(http_cores, &sys::allowed_cpus());
     if config.storage_cpu.is_some() {
         plan.storage_cpu = config.storage_cpu;
     }
-    let (database, managed) = open_database(&config)?;
     let handoff = Handoff::new(http_cores, config.ring_capacity);
     let registry = Registry::new(http_cores, crate::api::ROUTE_LABELS);
     let status = Arc::new(StorageStatus::default());
     let (commands, lanes) = CommandSender::channels(config.command_queue_max);
     let deliveries = Arc::new(DeliveryControl::default());
-    let storage_config = storage_config(&config, database, plan.storage_cpu, &registry, &deliveries)?;
+    let storage_config = storage_config(config, database, plan.storage_cpu, &registry, &deliveries)?;
     storage::start(storage_config, Arc::clone(&handoff), lanes, Arc::clone(&status))
         .map_err(|e| e.to_string())?;
     let hash_pool = HashPool::start(config.argon2_threads, config.argon2_queue_max, config.argon2_memory_kib)
@@ -61,31 +93,68 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         parts: ShardParts {
             handoff: Arc::clone(&handoff),
             commands,
-            status,
+            status: Arc::clone(&status),
             hash_pool,
             metrics: registry.cores.clone(),
-            settings: Arc::new(shard_settings(&config)),
+            settings: Arc::new(shard_settings(config)),
         },
         registry,
-        limits: connection_limits(&config),
+        limits: connection_limits(config),
         connections_max: config.connections_per_core_max,
     };
-    warn_if_open_files_short(&config, http_cores);
+    warn_if_open_files_short(config, http_cores);
     let cores = cores::start_http_cores(config.listen, &plan.http_cpus, setup).map_err(|e| e.to_string())?;
     tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, "cores started");
-    // The line tests and scripts wait for: printed once every core accepts.
-    writeln!(std::io::stdout(), "triggerd listening on http://{}", cores.local_addr)
-        .map_err(|e| e.to_string())?;
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    announce_listening(config.log_format, cores.local_addr)?;
+    let signal = wait_for_signal(signals);
+    shut_down(signal, config, &handoff, &deliveries, cores);
+    status.closing.store(true, Ordering::Relaxed);
+    Ok(())
+}
 
-    let signal = wait_for_signal(&signals);
-    shut_down(signal, &config, &handoff, &deliveries, &cores);
-    if let Some(cluster) = managed.filter(|_| config.pg_stop_on_exit) {
-        if let Err(e) = cluster.stop() {
-            tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
+/// The line tests and scripts wait for, on stdout, once every core accepts: plain
+/// text, or one JSON object with `--log-format json` (its message is the same text).
+fn announce_listening(format: LogFormat, address: std::net::SocketAddr) -> Result<(), String> {
+    let line = format!("triggerd listening on http://{address}");
+    let mut stdout = std::io::stdout();
+    match format {
+        LogFormat::Text => writeln!(stdout, "{line}"),
+        LogFormat::Json => {
+            let mut json = Vec::new();
+            crate::util::json::ObjectWriter::new(&mut json)
+                .str("level", "INFO")
+                .str("message", &line)
+                .str("address", &format!("http://{address}"))
+                .finish();
+            writeln!(stdout, "{}", String::from_utf8_lossy(&json))
         }
     }
-    Ok(())
+    .and_then(|()| stdout.flush())
+    .map_err(|e| e.to_string())
+}
+
+/// Refuses to start on a port another process listens on. SO_REUSEPORT would
+/// otherwise let two servers share it silently, each answering some requests.
+fn check_port_free(listen: std::net::SocketAddr) -> Result<(), String> {
+    if listen.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(listen) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let holder = match sys::port_holder(listen.port()) {
+                Some((pid, command)) => format!(" by process {pid} ({command})"),
+                None => String::new(),
+            };
+            Err(format!(
+                "{listen} is already in use{holder}; stop that process or choose another --listen port"
+            ))
+        }
+        Err(e) => Err(format!("cannot listen on {listen}: {e}")),
+    }
 }
 
 /// The storage thread's settings, with the delivery engine started on it.
@@ -168,17 +237,34 @@ fn warn_if_open_files_short(config: &ServeConfig, http_cores: usize) {
     }
 }
 
-/// The database to use, and the embedded cluster if this process started it.
-fn open_database(config: &ServeConfig) -> Result<(tokio_postgres::Config, Option<LocalPg>), String> {
+/// The database to use, and the embedded cluster if there is one.
+fn open_database(config: &ServeConfig) -> Result<(tokio_postgres::Config, Option<Managed>), String> {
     if let Some(url) = &config.database_url {
         return Ok((tokio_postgres::Config::from_str(url).map_err(|e| format!("DATABASE_URL: {e}"))?, None));
     }
     let cluster = LocalPg::new(&config.data_dir, config.pg_port).map_err(|e| e.to_string())?;
-    cluster.start().map_err(|e| e.to_string())?;
-    block_on(cluster.ensure_database())?.map_err(|e| error_chain(&e))?;
+    // One serve per data directory: a second one would share the cluster, and stopping
+    // either would stop it under the other.
+    let lock = sys::lock_file(&config.data_dir.join("triggerd.lock")).map_err(|holder| {
+        let holder = if holder.is_empty() { String::new() } else { format!(" by process {holder}") };
+        format!(
+            "the data directory {} is in use{holder} (another triggerd serve); stop it, or give this one \
+             its own --data-dir (instances that share data use one database: --database-url)",
+            config.data_dir.display()
+        )
+    })?;
+    let started_here = cluster.start().map_err(|e| e.to_string())?;
+    let managed = Managed { cluster, started_here, _lock: lock };
+    let ready = block_on(managed.cluster.ensure_database()).and_then(|r| r.map_err(|e| error_chain(&e)));
+    if let Err(e) = ready {
+        if managed.started_here {
+            let _ = managed.cluster.stop();
+        }
+        return Err(e);
+    }
     tracing::info!(data_dir = %config.data_dir.display(), "embedded PostgreSQL running");
-    let url = cluster.database_url();
-    Ok((tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?, Some(cluster)))
+    let url = managed.cluster.database_url();
+    Ok((tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?, Some(managed)))
 }
 
 pub fn init_logging(filter: &str, format: LogFormat) {
@@ -231,7 +317,7 @@ fn shut_down(
     config: &ServeConfig,
     handoff: &Handoff,
     deliveries: &DeliveryControl,
-    cores: &HttpCores,
+    cores: HttpCores,
 ) {
     let deadline = Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
     tracing::info!(signal, "shutting down: draining connections");
@@ -251,5 +337,11 @@ fn shut_down(
     wait("connections", &|| cores.connections.load(Ordering::Acquire));
     deliveries.stop.store(true, Ordering::Release);
     wait("deliveries", &|| deliveries.in_flight.load(Ordering::Acquire));
+    if cores.connections.load(Ordering::Acquire) == 0 {
+        // Every core has closed its listener and connections: its executor ends.
+        for handle in cores.handles {
+            let _ = handle.join();
+        }
+    }
     tracing::info!("shut down cleanly");
 }

@@ -113,8 +113,9 @@ impl LocalPg {
         status.output().map(|o| o.status.success()).unwrap_or(false)
     }
 
-    /// Initialises the cluster if needed and starts it unless it already runs.
-    pub fn start(&self) -> Result<(), LocalPgError> {
+    /// Initialises the cluster if needed and starts it unless it already runs; `true`
+    /// when this call started it.
+    pub fn start(&self) -> Result<bool, LocalPgError> {
         self.chown(&self.root)?;
         let socket_dir = self.socket_dir();
         std::fs::create_dir_all(&socket_dir)?;
@@ -133,7 +134,7 @@ impl LocalPg {
             self.run(initdb, "initdb").map_err(|e| self.explain_permissions(e))?;
         }
         if self.is_running() {
-            return Ok(());
+            return Ok(false);
         }
         let options = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -c port={} -c max_connections=200 \
@@ -145,7 +146,7 @@ impl LocalPg {
         let mut start = self.command("pg_ctl");
         start.arg("start").arg("-w").arg("-t").arg("60").arg("-D").arg(self.data_dir());
         start.arg("-l").arg(self.log_file()).arg("-o").arg(options);
-        self.run(start, "pg_ctl-start")
+        self.run(start, "pg_ctl-start").map(|()| true)
     }
 
     pub fn stop(&self) -> Result<(), LocalPgError> {

@@ -76,7 +76,9 @@ async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig, w
         };
         match result {
             Ok(report) => tracing::info!(?report, "partition maintenance"),
-            Err(e) => tracing::warn!(error = %e, "partition maintenance failed; retrying next interval"),
+            Err(e) => {
+                tracing::warn!(error = %crate::util::error_chain(&e), "partition maintenance failed; retrying next interval")
+            }
         }
     }
 }

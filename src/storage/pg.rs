@@ -33,9 +33,14 @@ impl Db {
     /// Opens a connection and drives it on the storage thread's runtime.
     pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
         let (client, connection) = self.config.connect(NoTls).await?;
+        let status = Arc::clone(&self.status);
         tokio::task::spawn_local(async move {
             if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "database connection closed");
+                if status.closing.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(error = %crate::util::error_chain(&e), "database connection closed at shutdown");
+                } else {
+                    tracing::warn!(error = %crate::util::error_chain(&e), "database connection closed");
+                }
             }
         });
         Ok(client)
