@@ -16,6 +16,7 @@ pub mod client;
 pub mod guard;
 pub mod metrics;
 pub mod schedule;
+pub mod scheduler;
 pub mod signing;
 pub mod store;
 
