@@ -147,11 +147,13 @@ impl Scheduler {
 
     /// Of the events `(org, id)` just committed and handed over, those that may be
     /// claimed now: organisations under their limit, as many as there is room for. The
-    /// rest are left for a claim of due attempts (they are due in the database).
+    /// rest are left for a claim of due attempts (they are due in the database), and
+    /// leaving any is a claim cut short.
     pub fn admit_handed(&mut self, mut events: Vec<(Uuid, Uuid)>) -> Vec<(Uuid, Uuid)> {
+        let offered = events.len();
         events.retain(|(org, _)| self.in_flight_of(*org) < self.limits.per_org_max);
         events.truncate(self.room());
-        if events.is_empty() {
+        if events.len() < offered {
             self.backlog = true;
         }
         events
@@ -175,12 +177,13 @@ impl Scheduler {
 
     /// The result of `request`: the organisation of each claimed attempt, in order.
     /// Returns what to do with each. A claim that filled its limit leaves a backlog,
-    /// and the next claim comes as soon as the spacing allows.
+    /// and the next claim comes as soon as the spacing allows; one that gave an attempt
+    /// back leaves a backlog too (claimed again when its organisation completes one).
     pub fn on_polled(&mut self, request: &ClaimRequest, claimed_orgs: &[Uuid]) -> Vec<Admission> {
         debug_assert!(claimed_orgs.len() <= request.limit, "a claim returned more than its limit");
         let admissions = self.on_claimed(claimed_orgs);
         let full = claimed_orgs.len() >= request.limit;
-        self.backlog = full;
+        self.backlog = full || admissions.contains(&Admission::GiveBack);
         if full {
             self.want_claim();
         }
@@ -332,6 +335,8 @@ mod tests {
         assert_eq!(s.on_claimed(&[org(1)]), vec![Start]);
         assert!(!s.backlog());
         assert_eq!(s.admit_handed(vec![event(1, 1), event(2, 2)]), vec![event(2, 2)]);
+        // Some left is enough: the poller must come back for them.
+        assert!(s.backlog());
         assert_eq!(s.admit_handed(vec![event(1, 3)]), vec![]);
         assert!(s.backlog());
         // The saturated organisation's completion wakes the poller for what was left.
@@ -362,6 +367,27 @@ mod tests {
         assert_eq!(s.on_polled(&request, &[]), vec![]);
         assert!(!s.backlog());
         assert!(!s.on_done(org(4)));
+    }
+
+    #[test]
+    fn handed_events_beyond_the_room_leave_a_backlog() {
+        let (mut s, _) = scheduler(2, 10);
+        let admitted = s.admit_handed(vec![event(1, 1), event(2, 2), event(3, 3)]);
+        assert_eq!(admitted, vec![event(1, 1), event(2, 2)]);
+        assert!(s.backlog());
+    }
+
+    #[test]
+    fn an_attempt_given_back_by_a_claim_leaves_a_backlog() {
+        let (mut s, t0) = scheduler(10, 2);
+        assert_eq!(s.on_claimed(&[org(1)]), vec![Start]);
+        // The claim is not full, but it took two of an organisation with one slot left.
+        let request = s.poll_claim(t0).expect("claim");
+        assert_eq!(s.on_polled(&request, &[org(1), org(1)]), vec![Start, GiveBack]);
+        assert!(s.backlog());
+        // That organisation's completion brings the claim forward for the one given back.
+        assert!(s.on_done(org(1)));
+        assert_eq!(s.next_wake(), t0 + CLAIM_SPACING_MIN);
     }
 
     #[test]
