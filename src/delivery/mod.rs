@@ -11,20 +11,25 @@
 //! Isolation: at most `per_org_max` attempts of one organisation are in flight (a
 //! saturated organisation is excluded from claims), and at most `in_flight_max` in
 //! all, so a slow or dead receiver holds a few slots, never the engine.
+//!
+//! The decisions (limits, claim times, the backlog, which attempts start) live in
+//! [`scheduler`], a plain struct that takes `now`; the `Engine` here is its I/O: the
+//! loop, the SQL and the tasks.
 
 mod client;
 mod guard;
 pub(crate) mod metrics;
 pub(crate) mod schedule;
+mod scheduler;
 mod signing;
 pub mod store;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ahash::AHashMap;
 use hyper::body::Bytes;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
@@ -35,6 +40,7 @@ use crate::util::time::unix_micros;
 use client::WebhookClient;
 use metrics::DeliveryMetrics;
 use schedule::{Decision, RetrySchedule};
+use scheduler::{Admission, Limits, Scheduler};
 use store::{Claimed, DeliveryStatements, Record};
 
 /// Settings of the engine.
@@ -61,18 +67,14 @@ pub struct DeliveryControl {
     pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
-/// Attempts claimed per database round trip at most.
-const CLAIM_BATCH_MAX: usize = 256;
-/// Least time between two claims of due attempts. A claim skips saturated
-/// organisations by filtering, so with a large backlog it reads past their due rows:
-/// completions may ask for a claim, but not more often than this.
-const CLAIM_SPACING_MIN: Duration = Duration::from_millis(100);
 /// How often the due-queue gauges are refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// Handed-over batches waiting for the engine; beyond it the writer drops the hand-off
 /// and the poller finds those events (they are already due in the database).
 pub const HANDOFF_QUEUE_MAX: usize = 256;
 
+/// The I/O around the `Scheduler`: it reads the clock, runs the SQL, spawns the
+/// attempts, and asks the scheduler every question of how many, when and which.
 pub struct Engine {
     /// This process's lease owner id.
     owner: Uuid,
@@ -80,15 +82,13 @@ pub struct Engine {
     client: WebhookClient,
     /// The engine's own connection (claims and outcomes), reopened when it closes.
     connection: LazyConnection<DeliveryStatements>,
-    in_flight: Cell<usize>,
-    /// In-flight attempts per organisation; entries leave at zero.
-    per_org: RefCell<AHashMap<Uuid, usize>>,
-    /// Set when a claim was cut short by a limit: completions then wake the poller.
-    backlog: Cell<bool>,
-    /// When the last claim of due attempts ran.
-    last_claim: Cell<Instant>,
+    /// Counts, limits and claim times. Borrowed only between awaits.
+    scheduler: RefCell<Scheduler>,
+    /// Woken by a completion that asks for a claim (the scheduler moved its wake-up).
     wake: Notify,
     metrics: Arc<DeliveryMetrics>,
+    /// Shared with the main thread: `stop` is read into the scheduler before each
+    /// decision; `in_flight` mirrors the scheduler's count after each change.
     control: Arc<DeliveryControl>,
     jitter_state: Cell<u64>,
 }
@@ -122,6 +122,30 @@ pub fn delivery_body(claimed: &Claimed) -> Vec<u8> {
     body
 }
 
+/// The request headers of one attempt, signed over `body` at `timestamp` (s since the epoch).
+fn signed_headers(claimed: &Claimed, body: &[u8], timestamp: i64) -> [(&'static str, String); 7] {
+    let id = claimed.id.to_string();
+    [
+        ("content-type", "application/json".to_string()),
+        ("user-agent", concat!("triggerd/", env!("CARGO_PKG_VERSION")).to_string()),
+        ("x-event-id", id.clone()),
+        ("x-event-type", header_safe(&claimed.event_type)),
+        ("webhook-id", id.clone()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signing::sign(&claimed.signing_secret, &id, timestamp, body)),
+    ]
+}
+
+/// What woke the engine's loop.
+enum Wake {
+    Handed(Vec<(Uuid, Uuid)>),
+    /// The hand-off channel closed: the process ends.
+    Closed,
+    /// A completion asked for a claim; the loop only needs to re-read `next_wake`.
+    Asked,
+    Timer,
+}
+
 impl Engine {
     pub fn new(
         db: Rc<Db>,
@@ -131,15 +155,17 @@ impl Engine {
     ) -> Rc<Engine> {
         let mut seed = [0u8; 8];
         let _ = getrandom::getrandom(&mut seed);
+        let limits = Limits {
+            in_flight_max: config.in_flight_max,
+            per_org_max: config.per_org_max,
+            poll_interval: config.poll_interval,
+        };
         Rc::new(Engine {
             connection: LazyConnection::new(db),
             owner: Uuid::now_v7(),
             client: WebhookClient::new(config.allow_private, config.timeout),
+            scheduler: RefCell::new(Scheduler::new(limits, Instant::now())),
             config,
-            in_flight: Cell::new(0),
-            per_org: RefCell::default(),
-            backlog: Cell::new(false),
-            last_claim: Cell::new(Instant::now()),
             wake: Notify::new(),
             metrics,
             control,
@@ -161,30 +187,36 @@ impl Engine {
         self.connection.get().await
     }
 
+    /// The scheduler, told first if shutdown began. Never held across an await.
+    fn scheduler(&self) -> RefMut<'_, Scheduler> {
+        let mut scheduler = self.scheduler.borrow_mut();
+        if self.control.stop.load(Ordering::Acquire) {
+            scheduler.stop();
+        }
+        scheduler
+    }
+
+    /// Mirrors the in-flight count for the shutdown wait.
+    fn publish_in_flight(&self) {
+        let in_flight = self.scheduler.borrow().in_flight();
+        self.control.in_flight.store(in_flight, Ordering::Release);
+    }
+
     /// Runs until the hand-off channel closes (the process ends).
     pub async fn run(self: Rc<Self>, mut handed: mpsc::Receiver<Vec<(Uuid, Uuid)>>) {
-        let mut next_poll = tokio::time::Instant::now();
         let mut next_stats = Instant::now();
         loop {
-            tokio::select! {
-                batch = handed.recv() => match batch {
-                    Some(events) => self.claim_handed(events).await,
-                    None => return,
-                },
-                _ = self.wake.notified() => {
-                    let spacing = CLAIM_SPACING_MIN.min(self.config.poll_interval);
-                    let next = self.last_claim.get() + spacing;
-                    if Instant::now() < next {
-                        // Too soon: the timer claims at `next` instead.
-                        next_poll = next_poll.min(tokio::time::Instant::from_std(next));
-                    } else {
-                        self.poll_due().await;
-                    }
-                }
-                _ = tokio::time::sleep_until(next_poll) => {
-                    self.poll_due().await;
-                    next_poll = tokio::time::Instant::now() + self.config.poll_interval;
-                }
+            let deadline = tokio::time::Instant::from_std(self.scheduler().next_wake());
+            let wake = tokio::select! {
+                batch = handed.recv() => batch.map_or(Wake::Closed, Wake::Handed),
+                _ = self.wake.notified() => Wake::Asked,
+                _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+            };
+            match wake {
+                Wake::Handed(events) => self.claim_handed(events).await,
+                Wake::Closed => return,
+                Wake::Asked => {}
+                Wake::Timer => self.poll_due().await,
             }
             if Instant::now() >= next_stats {
                 self.refresh_stats().await;
@@ -193,33 +225,11 @@ impl Engine {
         }
     }
 
-    /// Attempts that may be claimed now (none once shutdown began).
-    fn room(&self) -> usize {
-        if self.control.stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return 0;
-        }
-        self.config.in_flight_max.saturating_sub(self.in_flight.get()).min(CLAIM_BATCH_MAX)
-    }
-
-    fn set_in_flight(&self, n: usize) {
-        self.in_flight.set(n);
-        self.control.in_flight.store(n, std::sync::atomic::Ordering::Release);
-    }
-
-    fn saturated_orgs(&self) -> Vec<Uuid> {
-        let per_org = self.per_org.borrow();
-        per_org.iter().filter(|(_, &n)| n >= self.config.per_org_max).map(|(org, _)| *org).collect()
-    }
-
-    async fn claim_handed(self: &Rc<Self>, mut events: Vec<(Uuid, Uuid)>) {
-        {
-            let per_org = self.per_org.borrow();
-            events.retain(|(org, _)| per_org.get(org).copied().unwrap_or(0) < self.config.per_org_max);
-        }
-        events.truncate(self.room());
+    /// Claims the handed-over events the scheduler admits; the rest stay due in the
+    /// database for `poll_due`.
+    async fn claim_handed(self: &Rc<Self>, events: Vec<(Uuid, Uuid)>) {
+        let events = self.scheduler().admit_handed(events);
         if events.is_empty() {
-            // Left for the poller: they are due in the database.
-            self.backlog.set(true);
             return;
         }
         let claimed = match self.connection().await {
@@ -230,92 +240,88 @@ impl Engine {
             Err(e) => Err(e),
         };
         match claimed {
-            Ok(claimed) => claimed.into_iter().for_each(|c| self.start(c)),
+            Ok(claimed) => {
+                debug_assert!(claimed.iter().all(|c| events.contains(&(c.org_id, c.id))));
+                let orgs: Vec<Uuid> = claimed.iter().map(|c| c.org_id).collect();
+                let admissions = self.scheduler().on_claimed(&orgs);
+                self.carry_out(claimed, admissions);
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "claiming handed-over deliveries failed; the poller will retry")
+                tracing::warn!(error = %crate::util::error_chain(&e), "claiming handed-over deliveries failed; the poller will retry")
             }
         }
     }
 
+    /// Claims due attempts, if the scheduler says a claim is due and there is room.
     async fn poll_due(self: &Rc<Self>) {
-        self.last_claim.set(Instant::now());
-        let room = self.room();
-        if room == 0 {
-            self.backlog.set(true);
-            return;
-        }
+        let Some(request) = self.scheduler().poll_claim(Instant::now()) else { return };
         let connection = match self.connection().await {
             Ok(connection) => connection,
             Err(e) => {
-                tracing::warn!(error = %e, "delivery engine cannot reach the database");
+                tracing::warn!(error = %crate::util::error_chain(&e), "delivery engine cannot reach the database");
                 return;
             }
         };
-        let lease_ms = self.config.lease.as_millis() as i64;
-        let excluded = self.saturated_orgs();
         let claimed = store::claim_due(
             &connection.client,
             &connection.statements,
             self.owner,
             now_micros(),
-            lease_ms,
-            room as i64,
-            self.config.per_org_max as i64,
-            &excluded,
+            self.config.lease.as_millis() as i64,
+            request.limit as i64,
+            request.per_org as i64,
+            &request.excluded_orgs,
         )
         .await;
         match claimed {
             Ok(claimed) => {
-                let full = claimed.len() == room;
-                claimed.into_iter().for_each(|c| self.start(c));
-                self.backlog.set(full);
-                if full {
-                    self.wake.notify_one();
-                }
+                let orgs: Vec<Uuid> = claimed.iter().map(|c| c.org_id).collect();
+                let admissions = self.scheduler().on_polled(&request, &orgs);
+                self.carry_out(claimed, admissions);
             }
-            Err(e) => tracing::warn!(error = %e, "claiming due deliveries failed"),
+            Err(e) => tracing::warn!(error = %crate::util::error_chain(&e), "claiming due deliveries failed"),
         }
     }
 
-    /// Starts one attempt, or gives it back if its organisation is at its limit.
-    fn start(self: &Rc<Self>, claimed: Claimed) {
-        let org_id = claimed.org_id;
-        let admitted = {
-            let mut per_org = self.per_org.borrow_mut();
-            let count = per_org.entry(org_id).or_default();
-            if *count < self.config.per_org_max {
-                *count += 1;
-                true
-            } else {
-                false
+    /// Starts or gives back each claimed attempt, as the scheduler admitted it.
+    fn carry_out(self: &Rc<Self>, claimed: Vec<Claimed>, admissions: Vec<Admission>) {
+        assert_eq!(claimed.len(), admissions.len());
+        self.publish_in_flight();
+        for (claimed, admission) in claimed.into_iter().zip(admissions) {
+            match admission {
+                Admission::Start => self.start(claimed),
+                Admission::GiveBack => self.give_back(claimed),
             }
-        };
-        let engine = Rc::clone(self);
-        if !admitted {
-            tokio::task::spawn_local(async move {
-                if let Ok(c) = engine.connection().await {
-                    let _ =
-                        store::release(&c.client, &c.statements, engine.owner, claimed.org_id, claimed.id)
-                            .await;
-                }
-            });
-            self.backlog.set(true);
-            return;
         }
-        self.set_in_flight(self.in_flight.get() + 1);
+    }
+
+    /// One attempt as its own task; its completion is reported to the scheduler.
+    fn start(self: &Rc<Self>, claimed: Claimed) {
+        let engine = Rc::clone(self);
         tokio::task::spawn_local(async move {
+            let org_id = claimed.org_id;
             engine.deliver(claimed).await;
-            engine.set_in_flight(engine.in_flight.get() - 1);
-            let mut per_org = engine.per_org.borrow_mut();
-            if let Some(count) = per_org.get_mut(&org_id) {
-                *count -= 1;
-                if *count == 0 {
-                    per_org.remove(&org_id);
-                }
-            }
-            drop(per_org);
-            if engine.backlog.get() {
+            let wake = engine.scheduler().on_done(org_id);
+            engine.publish_in_flight();
+            if wake {
                 engine.wake.notify_one();
+            }
+        });
+    }
+
+    /// Releases the lease of an attempt not started; it stays due for a later claim.
+    fn give_back(self: &Rc<Self>, claimed: Claimed) {
+        let engine = Rc::clone(self);
+        tokio::task::spawn_local(async move {
+            let released = match engine.connection().await {
+                Ok(c) => {
+                    store::release(&c.client, &c.statements, engine.owner, claimed.org_id, claimed.id).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = released {
+                // The lease expires instead: the attempt is only later.
+                tracing::debug!(event = %claimed.id, error = %crate::util::error_chain(&e), "giving back a claimed delivery failed");
             }
         });
     }
@@ -329,16 +335,7 @@ impl Engine {
                 let timestamp = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
-                let id = claimed.id.to_string();
-                let headers = [
-                    ("content-type", "application/json".to_string()),
-                    ("user-agent", concat!("triggerd/", env!("CARGO_PKG_VERSION")).to_string()),
-                    ("x-event-id", id.clone()),
-                    ("x-event-type", header_safe(&claimed.event_type)),
-                    ("webhook-id", id.clone()),
-                    ("webhook-timestamp", timestamp.to_string()),
-                    ("webhook-signature", signing::sign(&claimed.signing_secret, &id, timestamp, &body)),
-                ];
+                let headers = signed_headers(&claimed, &body, timestamp);
                 let started = Instant::now();
                 let result = self.client.post(url, &headers, Bytes::from(body)).await;
                 self.metrics.latency.observe_duration(started.elapsed());
@@ -354,18 +351,16 @@ impl Engine {
             }
         };
         self.metrics.outcome(&record);
+        self.record(&claimed, &record).await;
+    }
+
+    /// Writes an attempt's outcome. Only the lease's owner may (`store::record` filters
+    /// by owner); a lease lost meanwhile means another claim owns the attempt now.
+    async fn record(&self, claimed: &Claimed, record: &Record) {
         let written = match self.connection().await {
             Ok(c) => {
-                store::record(
-                    &c.client,
-                    &c.statements,
-                    self.owner,
-                    now_micros(),
-                    claimed.org_id,
-                    claimed.id,
-                    &record,
-                )
-                .await
+                let (org_id, id) = (claimed.org_id, claimed.id);
+                store::record(&c.client, &c.statements, self.owner, now_micros(), org_id, id, record).await
             }
             Err(e) => Err(e),
         };
@@ -373,7 +368,9 @@ impl Engine {
             Ok(true) => {}
             Ok(false) => tracing::warn!(event = %claimed.id, "lease lost before the outcome was recorded"),
             // The lease expires and the attempt is made again: at-least-once.
-            Err(e) => tracing::warn!(event = %claimed.id, error = %e, "recording a delivery outcome failed"),
+            Err(e) => {
+                tracing::warn!(event = %claimed.id, error = %crate::util::error_chain(&e), "recording a delivery outcome failed")
+            }
         }
     }
 

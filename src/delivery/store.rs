@@ -240,6 +240,8 @@ pub async fn record(
             client.execute(&statements.stop_push, &[key[0], key[1], key[2], key[3], &0i32, &error]).await?
         }
     };
+    // The key is the primary key and the owner filter is in the WHERE: one row or none.
+    debug_assert!(updated <= 1, "an outcome updated {updated} rows");
     Ok(updated == 1)
 }
 
