@@ -82,7 +82,7 @@ pub const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/inbox", Route::Inbox, "GET, HEAD"),
     ("/api/ack/{id}", Route::Ack, "POST"),
     ("/api/ack", Route::AckBatch, "POST"),
-    ("/api/webhook/config", Route::WebhookConfig, "POST"),
+    ("/api/webhook/config", Route::WebhookConfig, "GET, HEAD, POST"),
     ("/api/inbox/lease", Route::InboxLease, "POST"),
     ("/api/inbox/lease/{id}/ack", Route::InboxLeaseAck, "POST"),
     ("/api/inbox/lease/{id}/release", Route::InboxLeaseRelease, "POST"),
@@ -159,7 +159,10 @@ impl Api {
             Route::Inbox => inbox::list(shard, request, response).await,
             Route::Ack => ack::one(shard, request, id.unwrap_or_default(), response).await,
             Route::AckBatch => ack::many(shard, request, response).await,
-            Route::WebhookConfig => webhooks::configure(shard, request, response).await,
+            Route::WebhookConfig if request.head.method == crate::http::Method::Post => {
+                webhooks::configure(shard, request, response).await
+            }
+            Route::WebhookConfig => webhooks::show(shard, request, response).await,
             Route::InboxLease => leases::lease(shard, request, response).await,
             Route::InboxLeaseAck => leases::ack(shard, request, id.unwrap_or_default(), response).await,
             Route::InboxLeaseRelease => {

@@ -1,12 +1,12 @@
 //! `POST /api/webhook/config`: set (or with `null`, clear) the organisation's webhook
-//! URL. The signing secret is per organisation, made at sign-up, and never changes here.
+//! URL; `GET` shows it. The signing secret is per organisation, made at sign-up, and never changes here.
 
 use simd_json::prelude::*;
 
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::{ask, parse_json_body};
-use crate::handoff::commands::Command;
+use crate::handoff::commands::{Command, WebhookConfig};
 use crate::http::{Request, ResponseBuf};
 use crate::shard::Shard;
 use crate::util::json::object_with_fields;
@@ -38,13 +38,27 @@ pub async fn configure(
     let auth = authenticate(shard, &request).await?;
     let url = decode(request, shard)?;
     let org_id = auth.org.id;
-    let (secret, updated_at) = ask(shard, |reply| Command::SetWebhook { org_id, url: url.clone(), reply })
+    let config = ask(shard, |reply| Command::SetWebhook { org_id, url, reply })
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    ObjectWriter::new(&mut response.body)
-        .opt_str("webhook_url", url.as_deref())
-        .str("signing_secret", &secret)
-        .time("updated_at", updated_at)
-        .finish();
+    write_config(&mut response.body, &config);
     Ok(200)
+}
+
+/// `GET /api/webhook/config`: the same object, so the signing secret can be read again.
+pub async fn show(shard: &Shard, request: Request<'_>, response: &mut ResponseBuf) -> Result<u16, ApiError> {
+    let auth = authenticate(shard, &request).await?;
+    let org_id = auth.org.id;
+    let config =
+        ask(shard, |reply| Command::GetWebhook { org_id, reply }).await?.ok_or(ApiError::Unauthorized)?;
+    write_config(&mut response.body, &config);
+    Ok(200)
+}
+
+fn write_config(out: &mut Vec<u8>, config: &WebhookConfig) {
+    ObjectWriter::new(out)
+        .opt_str("webhook_url", config.url.as_deref())
+        .str("signing_secret", &config.signing_secret)
+        .time("updated_at", config.updated_at_micros)
+        .finish();
 }

@@ -126,11 +126,15 @@ pub enum Command {
         ids: Option<Vec<Uuid>>,
         reply: Reply<Option<Vec<Uuid>>>,
     },
-    /// Answers (signing secret, updated at), or `None` if the organisation is gone.
+    /// Answers the configuration now in force, or `None` if the organisation is gone.
     SetWebhook {
         org_id: Uuid,
         url: Option<String>,
-        reply: Reply<Option<(String, i64)>>,
+        reply: Reply<Option<WebhookConfig>>,
+    },
+    GetWebhook {
+        org_id: Uuid,
+        reply: Reply<Option<WebhookConfig>>,
     },
 }
 
@@ -188,6 +192,15 @@ pub struct InboxEvent {
     /// Bytes of event JSON in the page up to and including this event (approximate:
     /// the text of its fields plus a fixed allowance for the rest).
     pub page_bytes: i64,
+}
+
+/// An organisation's push configuration.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `None`: push is off.
+    pub url: Option<String>,
+    pub signing_secret: String,
+    pub updated_at_micros: i64,
 }
 
 /// Leases an event may have without an acknowledgement before it is set aside as

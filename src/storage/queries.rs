@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{Storage, StorageError};
 use crate::handoff::commands::{
     Command, CommandError, InboxEvent, InboxQuery, InboxView, KeyCandidate, Lane, NewKeyForOrg, NewOrg,
+    WebhookConfig,
 };
 use crate::handoff::{Barrier, Control};
 use crate::model::{Org, OrgView, Tier};
@@ -43,6 +44,7 @@ pub struct Statements {
     ack_many: Statement,
     find_existing: Statement,
     set_webhook: Statement,
+    get_webhook: Statement,
     stop_deliveries: Statement,
     pub(super) leases: super::leases::LeaseStatements,
 }
@@ -178,7 +180,13 @@ impl super::pg::PrepareStatements for Statements {
             set_webhook: client
                 .prepare(&format!(
                     "UPDATE organizations SET webhook_url = $2, updated_at = now() WHERE org_id = $1
-                     RETURNING signing_secret, {}",
+                     RETURNING webhook_url, signing_secret, {}",
+                    micros("updated_at")
+                ))
+                .await?,
+            get_webhook: client
+                .prepare(&format!(
+                    "SELECT webhook_url, signing_secret, {} FROM organizations WHERE org_id = $1",
                     micros("updated_at")
                 ))
                 .await?,
@@ -186,6 +194,14 @@ impl super::pg::PrepareStatements for Statements {
             leases: super::leases::prepare(client).await?,
         })
     }
+}
+
+fn webhook_config(row: &tokio_postgres::Row) -> Result<WebhookConfig, StorageError> {
+    Ok(WebhookConfig {
+        url: row.try_get(0)?,
+        signing_secret: row.try_get(1)?,
+        updated_at_micros: row.try_get(2)?,
+    })
 }
 
 fn tier_of(name: &str) -> Result<Tier, StorageError> {
@@ -230,6 +246,9 @@ impl Storage {
             }
             Command::SetWebhook { org_id, url, reply } => {
                 let _ = reply.send(self.set_webhook(org_id, url).await.map_err(CommandError::from));
+            }
+            Command::GetWebhook { org_id, reply } => {
+                let _ = reply.send(self.get_webhook(org_id).await.map_err(CommandError::from));
             }
         }
     }
@@ -307,14 +326,20 @@ impl Storage {
         &self,
         org_id: Uuid,
         url: Option<String>,
-    ) -> Result<Option<(String, i64)>, StorageError> {
+    ) -> Result<Option<WebhookConfig>, StorageError> {
         let connection = self.commands(Lane::Reads).await?;
         if url.is_none() {
             // Pending deliveries stop being due: push is off, the events wait for pull.
             connection.client.execute(&connection.statements.stop_deliveries, &[&org_id]).await?;
         }
         let row = connection.client.query_opt(&connection.statements.set_webhook, &[&org_id, &url]).await?;
-        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).transpose()
+        row.as_ref().map(webhook_config).transpose()
+    }
+
+    async fn get_webhook(&self, org_id: Uuid) -> Result<Option<WebhookConfig>, StorageError> {
+        let connection = self.commands(Lane::Reads).await?;
+        let row = connection.client.query_opt(&connection.statements.get_webhook, &[&org_id]).await?;
+        row.as_ref().map(webhook_config).transpose()
     }
 
     async fn lookup_key(&self, lookup_id: i64) -> Result<Vec<KeyCandidate>, StorageError> {
