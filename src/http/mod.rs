@@ -4,6 +4,7 @@
 //! and writes responses in order (pipelining, keep-alive, timeouts, limits).
 
 pub mod conn;
+pub mod framer;
 pub mod parser;
 pub mod response;
 
