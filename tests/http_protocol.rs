@@ -277,3 +277,45 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     // Nothing more is sent: the server's idle timer closes the connection quietly.
     assert!(conn.is_closed_by_server());
 }
+
+#[test]
+fn a_stalled_body_gets_408_after_the_body_timeout() {
+    let server = Server::start(&["--body-timeout-ms", "300"]);
+    let mut conn = server.connect();
+    conn.send(b"POST /api/keys/generate HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"organ");
+    let response = conn.read_response();
+    response.assert_error(408, "request_timeout");
+    assert_eq!(response.header("Connection"), Some("close"));
+    assert!(conn.is_closed_by_server());
+}
+
+#[test]
+fn an_answer_is_not_held_back_while_the_next_body_is_awaited() {
+    let server = Server::start(&[]);
+    let mut conn = server.connect();
+    let body = r#"{"organization_name":"second"}"#;
+    let head = format!(
+        "POST /api/keys/generate HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // The first request and only the head of the second: the first is answered
+    // before the second's body is sent (the read timeout of Conn is the guard).
+    conn.send(&[&b"GET /health HTTP/1.1\r\n\r\n"[..], head.as_bytes()].concat());
+    assert_eq!(conn.read_response().status, 200);
+    conn.send(body.as_bytes());
+    assert_eq!(conn.read_response().status, 201);
+}
+
+#[test]
+fn expect_100_continue_is_not_answered_when_the_body_came_along() {
+    let server = Server::start(&[]);
+    let mut conn = server.connect();
+    let request = build_request(
+        "POST",
+        "/api/keys/generate",
+        &[("Content-Type", "application/json"), ("Expect", "100-continue")],
+        Some(r#"{"organization_name":"impatient"}"#),
+    );
+    conn.send(&request);
+    assert_eq!(conn.read_response().status, 201, "no interim response before the final one");
+}

@@ -1,4 +1,6 @@
-//! The connection loop: one glommio task per connection.
+//! The connection loop: one glommio task per connection, moving bytes between the
+//! socket, the request framer (`framer`, which makes every protocol decision) and the
+//! handler.
 //!
 //! Requests are handled strictly in order. Responses accumulate in one output buffer
 //! that is flushed whenever the loop would wait for the client (no complete request
@@ -11,21 +13,11 @@ use std::time::Instant;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::parser::{
-    self, BodyFraming, ChunkedError, ChunkedScan, HeadError, Method, BODY_BYTES_MAX, HEAD_BYTES_MAX,
-};
+use super::framer::{Action, AfterTimeout, Framed, Framer, READ_BUFFER_INITIAL_BYTES};
+use super::parser::Method;
 use super::response::{self, ResponseBuf};
 use super::{ConnectionLimits, Drain, Handler, ProtocolError, Request};
 
-/// Read buffer a connection starts with and shrinks back to: most requests fit, and
-/// an idle connection costs little (thousands of idle keep-alive clients are normal).
-const READ_BUFFER_INITIAL_BYTES: usize = 4096;
-/// Largest the read buffer grows to while reading a head.
-const READ_BUFFER_BYTES: usize = HEAD_BYTES_MAX + 4096;
-/// A chunked body may use at most this many bytes of framing on the wire.
-const CHUNKED_ENCODED_BYTES_MAX: usize = 2 * BODY_BYTES_MAX + HEAD_BYTES_MAX;
-/// Largest the read buffer ever gets.
-const READ_BUFFER_BYTES_MAX: usize = HEAD_BYTES_MAX + CHUNKED_ENCODED_BYTES_MAX;
 /// Output buffered beyond this is written out before handling the next request.
 const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 
@@ -41,24 +33,27 @@ struct Connection {
     peer: std::net::IpAddr,
     /// Read buffer; `start..end` holds unconsumed bytes. Owned by this task.
     buffer: Vec<u8>,
+    /// First byte of the current request; back to 0 when the buffer empties or moves.
     start: usize,
+    /// End of the bytes read so far.
     end: usize,
     /// Responses not yet written.
     output: Vec<u8>,
+    /// The response being built, reused for every request; released after each write.
     response: ResponseBuf,
 }
 
 impl Connection {
-    /// Reads more bytes before `deadline`; `Err` on close, timeout or error.
-    async fn fill(&mut self, deadline: Instant, buffer_max: usize) -> Result<(), ReadEnd> {
+    /// Reads more bytes before `deadline`, growing the buffer up to
+    /// `buffer_bytes_max` if it is full; `Err` on close, timeout or error.
+    async fn fill(&mut self, deadline: Instant, buffer_bytes_max: usize) -> Result<(), ReadEnd> {
         if self.start > 0 {
             self.buffer.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
         if self.end == self.buffer.len() {
-            let grown =
-                (self.buffer.len() * 2).max(READ_BUFFER_INITIAL_BYTES).min(buffer_max.max(READ_BUFFER_BYTES));
+            let grown = (self.buffer.len() * 2).max(READ_BUFFER_INITIAL_BYTES).min(buffer_bytes_max);
             if grown <= self.buffer.len() {
                 return Err(ReadEnd::Closed);
             }
@@ -79,6 +74,43 @@ impl Connection {
             }
             Err(e) if e.kind() == ErrorKind::TimedOut => Err(ReadEnd::TimedOut),
             Err(_) => Err(ReadEnd::Closed),
+        }
+    }
+
+    /// Waits for more bytes. Between requests (`idle`), a shutdown closes the
+    /// connection here, cleanly, never in the middle of a response.
+    async fn read_more(
+        &mut self,
+        deadline: Instant,
+        buffer_bytes_max: usize,
+        idle: bool,
+        drain: &Drain,
+    ) -> Result<(), ReadEnd> {
+        if !idle {
+            return self.fill(deadline, buffer_bytes_max).await;
+        }
+        if drain.is_draining() {
+            return Err(ReadEnd::Closed);
+        }
+        futures_lite::future::or(self.fill(deadline, buffer_bytes_max), async {
+            drain.wait().await;
+            Err(ReadEnd::Closed)
+        })
+        .await
+    }
+
+    /// Drops a served request's bytes. An emptied buffer shrinks back to its initial
+    /// size, so one outsized request does not cost the connection memory for life.
+    fn consume(&mut self, consumed_bytes: usize) {
+        self.start += consumed_bytes;
+        debug_assert!(self.start <= self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buffer.len() > READ_BUFFER_INITIAL_BYTES {
+                self.buffer.truncate(READ_BUFFER_INITIAL_BYTES);
+                self.buffer.shrink_to_fit();
+            }
         }
     }
 
@@ -139,162 +171,50 @@ pub async fn serve<H: Handler>(
         output: Vec::new(),
         response: ResponseBuf::default(),
     };
-    while serve_one(&mut connection, &*handler, &limits, &drain).await {}
+    let mut framer = Framer::new(limits);
+    while step(&mut connection, &mut framer, &*handler, &drain).await {}
     let _ = connection.stream.close().await;
 }
 
-/// Serves one request; `false` when the connection must end.
-async fn serve_one<H: Handler>(
-    c: &mut Connection,
-    handler: &H,
-    limits: &ConnectionLimits,
-    drain: &Drain,
-) -> bool {
-    // The head.
-    let mut header_deadline = None;
-    let head = loop {
-        match parser::parse_head(&c.buffer[c.start..c.end]) {
-            Ok(head) => break head,
-            Err(HeadError::Incomplete) => {
-                if !c.flush().await {
-                    return false;
+/// Does what the framer decides next; `false` when the connection must end.
+async fn step<H: Handler>(c: &mut Connection, framer: &mut Framer, handler: &H, drain: &Drain) -> bool {
+    match framer.poll(&mut c.buffer[c.start..c.end], Instant::now()) {
+        // The client may be waiting for these responses before it sends more. Asked
+        // again once they are out, the framer starts an idle clock after the write.
+        Action::NeedMore { .. } if !c.output.is_empty() => c.flush().await,
+        Action::NeedMore { deadline, buffer_bytes_max, idle } => {
+            match c.read_more(deadline, buffer_bytes_max, idle, drain).await {
+                Ok(()) => true,
+                Err(ReadEnd::Closed) => false,
+                Err(ReadEnd::TimedOut) => {
+                    if let AfterTimeout::Fail(error) = framer.timed_out() {
+                        c.fail(handler, error).await;
+                    }
+                    false
                 }
-                let deadline = match (c.start == c.end, header_deadline) {
-                    (true, _) => Instant::now() + limits.idle_timeout,
-                    (false, Some(deadline)) => deadline,
-                    (false, None) => *header_deadline.insert(Instant::now() + limits.header_timeout),
-                };
-                let read = if c.start == c.end {
-                    // Between requests: shutting down closes the connection here,
-                    // cleanly, never in the middle of a response.
-                    if drain.is_draining() {
-                        return false;
-                    }
-                    futures_lite::future::or(c.fill(deadline, READ_BUFFER_BYTES), async {
-                        drain.wait().await;
-                        Err(ReadEnd::Closed)
-                    })
-                    .await
-                } else {
-                    c.fill(deadline, READ_BUFFER_BYTES).await
-                };
-                match read {
-                    Ok(()) => {
-                        header_deadline.get_or_insert(Instant::now() + limits.header_timeout);
-                    }
-                    Err(ReadEnd::TimedOut) if c.start != c.end => {
-                        c.fail(handler, ProtocolError::Timeout).await;
-                        return false;
-                    }
-                    Err(_) => return false,
-                }
-            }
-            Err(error) => {
-                let error = match error {
-                    HeadError::HeadTooLarge | HeadError::TooManyHeaders => ProtocolError::HeadTooLarge,
-                    HeadError::BodyTooLarge => ProtocolError::BodyTooLarge,
-                    HeadError::UnsupportedTransferEncoding => ProtocolError::UnsupportedTransferEncoding,
-                    HeadError::Malformed(why) => ProtocolError::Malformed(why),
-                    HeadError::Incomplete => unreachable!("handled above"),
-                };
-                c.fail(handler, error).await;
-                return false;
             }
         }
-    };
-
-    // The body. Positions are recomputed from `c.start` after every read: a read may
-    // compact the buffer, and the head's ranges are relative to the request's start.
-    let body_deadline = Instant::now() + limits.body_timeout;
-    let has_body = head.framing != BodyFraming::None;
-    if head.expect_continue && has_body && c.end - c.start == head.head_bytes {
-        response::write_continue(&mut c.output);
-        if !c.flush().await {
-            return false;
+        Action::SendContinue => {
+            response::write_continue(&mut c.output);
+            c.flush().await
+        }
+        Action::Request(framed) => serve_request(c, handler, framed, drain).await,
+        Action::Fail(error) => {
+            c.fail(handler, error).await;
+            false
         }
     }
-    let (body_bytes, consumed) = match head.framing {
-        BodyFraming::None => (0, head.head_bytes),
-        BodyFraming::Length(length) => {
-            let wanted = head.head_bytes + length;
-            while c.end - c.start < wanted {
-                match c.fill(body_deadline, wanted).await {
-                    Ok(()) => {}
-                    Err(ReadEnd::TimedOut) => {
-                        c.fail(handler, ProtocolError::Timeout).await;
-                        return false;
-                    }
-                    Err(ReadEnd::Closed) => return false,
-                }
-            }
-            (length, wanted)
-        }
-        BodyFraming::Chunked => loop {
-            let encoded_start = c.start + head.head_bytes;
-            match parser::scan_chunked(&c.buffer[encoded_start..c.end], BODY_BYTES_MAX) {
-                Ok(ChunkedScan::Complete { encoded_bytes, .. }) => {
-                    let decoded = parser::decode_chunked_in_place(
-                        &mut c.buffer[encoded_start..encoded_start + encoded_bytes],
-                    );
-                    match decoded {
-                        Ok(body_bytes) => break (body_bytes, head.head_bytes + encoded_bytes),
-                        Err(_) => {
-                            c.fail(handler, ProtocolError::Malformed("malformed chunked body")).await;
-                            return false;
-                        }
-                    }
-                }
-                Ok(ChunkedScan::Incomplete) if c.end - encoded_start < CHUNKED_ENCODED_BYTES_MAX => {
-                    match c.fill(body_deadline, READ_BUFFER_BYTES_MAX).await {
-                        Ok(()) => {}
-                        Err(ReadEnd::TimedOut) => {
-                            c.fail(handler, ProtocolError::Timeout).await;
-                            return false;
-                        }
-                        Err(ReadEnd::Closed) => return false,
-                    }
-                }
-                Ok(ChunkedScan::Incomplete) | Err(ChunkedError::TooLarge) => {
-                    c.fail(handler, ProtocolError::BodyTooLarge).await;
-                    return false;
-                }
-                Err(ChunkedError::Malformed) => {
-                    c.fail(handler, ProtocolError::Malformed("malformed chunked body")).await;
-                    return false;
-                }
-            }
-        },
-    };
-    let request_start = c.start;
-    serve_request(c, handler, head, request_start, body_bytes, consumed, drain).await
 }
 
-/// Dispatches a complete request that starts at `request_start` in the buffer.
-async fn serve_request<H: Handler>(
-    c: &mut Connection,
-    handler: &H,
-    head: parser::RequestHead,
-    request_start: usize,
-    body_bytes: usize,
-    consumed: usize,
-    drain: &Drain,
-) -> bool {
-    let (head_part, rest) = c.buffer[request_start..].split_at_mut(head.head_bytes);
-    let body = &mut rest[..body_bytes];
+/// Dispatches a complete request framed from the front of the unconsumed bytes.
+async fn serve_request<H: Handler>(c: &mut Connection, handler: &H, framed: Framed, drain: &Drain) -> bool {
+    let (head_bytes, body) = framed.split(&mut c.buffer[c.start..c.end]);
     c.response.clear();
-    let status = handler.handle(Request::new(&head, head_part, body, c.peer), &mut c.response).await;
-    let keep_alive = head.keep_alive && !drain.is_draining();
-    response::write(&mut c.output, status, &c.response, !keep_alive, head.method == Method::Head);
+    let status = handler.handle(Request::new(&framed.head, head_bytes, body, c.peer), &mut c.response).await;
+    let keep_alive = framed.head.keep_alive && !drain.is_draining();
+    response::write(&mut c.output, status, &c.response, !keep_alive, framed.head.method == Method::Head);
     let outsized = c.output.len() >= OUTPUT_FLUSH_BYTES;
-    c.start = request_start + consumed;
-    if c.start == c.end {
-        c.start = 0;
-        c.end = 0;
-        if c.buffer.len() > READ_BUFFER_INITIAL_BYTES {
-            c.buffer.truncate(READ_BUFFER_INITIAL_BYTES);
-            c.buffer.shrink_to_fit();
-        }
-    }
+    c.consume(framed.consumed_bytes);
     if !keep_alive {
         c.flush().await;
         return false;

@@ -1,9 +1,12 @@
 //! The hand-written HTTP/1.1 layer: request-head parsing on httparse (`parser`),
-//! response framing with pre-rendered heads (`response`), timestamps (`date`) and the
-//! per-connection loop (`conn`) that reads, frames bodies, dispatches to a `Handler`
-//! and writes responses in order (pipelining, keep-alive, timeouts, limits).
+//! response framing with pre-rendered heads (`response`), the request framer
+//! (`framer`: bodies, timeouts, limits and `100 Continue` decided from bytes and `now`,
+//! with no I/O) and the per-connection loop (`conn`) that moves bytes between the
+//! socket, the framer and a `Handler`, writing responses in order (pipelining,
+//! keep-alive, draining).
 
 pub mod conn;
+pub mod framer;
 pub mod parser;
 pub mod response;
 

@@ -118,6 +118,25 @@ fn range_of(outer: &[u8], inner: &[u8]) -> Range<usize> {
 pub fn parse_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut request = httparse::Request::new(&mut headers);
+    let head_bytes = parse_syntax(&mut request, bytes)?;
+    let mut head = request_line(&request, bytes, head_bytes)?;
+    let mut framing = FramingHeaders::default();
+    for header in request.headers.iter() {
+        read_header(&mut head, &mut framing, bytes, header)?;
+    }
+    if head.version_minor == 0 {
+        head.keep_alive = false;
+    }
+    head.framing = framing.body_framing()?;
+    Ok(head)
+}
+
+/// Runs httparse over `bytes`: the head's length once it is complete and within
+/// `HEAD_BYTES_MAX`.
+fn parse_syntax<'h, 'b>(
+    request: &mut httparse::Request<'h, 'b>,
+    bytes: &'b [u8],
+) -> Result<usize, HeadError> {
     let head_bytes = match request.parse(bytes) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -134,6 +153,15 @@ pub fn parse_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
     if head_bytes > HEAD_BYTES_MAX {
         return Err(HeadError::HeadTooLarge);
     }
+    Ok(head_bytes)
+}
+
+/// The head as its request line describes it, before any header is read.
+fn request_line(
+    request: &httparse::Request,
+    bytes: &[u8],
+    head_bytes: usize,
+) -> Result<RequestHead, HeadError> {
     let (Some(method), Some(path), Some(version_minor)) = (request.method, request.path, request.version)
     else {
         return Err(HeadError::Malformed("incomplete request line"));
@@ -141,7 +169,7 @@ pub fn parse_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
     if !path.starts_with('/') {
         return Err(HeadError::Malformed("request target must be an absolute path"));
     }
-    let mut head = RequestHead {
+    Ok(RequestHead {
         method: Method::from_bytes(method),
         target: range_of(bytes, path.as_bytes()),
         version_minor,
@@ -152,50 +180,65 @@ pub fn parse_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
         api_key: None,
         authorization: None,
         head_bytes,
-    };
-    let mut content_length: Option<usize> = None;
-    let mut chunked = false;
-    for header in request.headers.iter() {
-        let name = header.name;
-        let value = trim(header.value);
-        if name.eq_ignore_ascii_case("content-length") {
-            if content_length.is_some() {
-                return Err(HeadError::Malformed("repeated Content-Length"));
-            }
-            content_length = Some(parse_content_length(value)?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked || !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::UnsupportedTransferEncoding);
-            }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            if contains_token(value, b"close") {
-                head.keep_alive = false;
-            }
-        } else if name.eq_ignore_ascii_case("content-type") {
-            head.content_type = Some(range_of(bytes, value));
-        } else if name.eq_ignore_ascii_case("x-api-key") {
-            head.api_key = Some(range_of(bytes, value));
-        } else if name.eq_ignore_ascii_case("authorization") {
-            head.authorization = Some(range_of(bytes, value));
-        } else if name.eq_ignore_ascii_case("expect") {
-            if !value.eq_ignore_ascii_case(b"100-continue") {
-                return Err(HeadError::Malformed("unsupported Expect value"));
-            }
-            head.expect_continue = true;
+    })
+}
+
+/// The framing headers seen so far; they decide `BodyFraming` once all are read.
+#[derive(Default)]
+struct FramingHeaders {
+    content_length: Option<usize>,
+    chunked: bool,
+}
+
+impl FramingHeaders {
+    fn body_framing(&self) -> Result<BodyFraming, HeadError> {
+        Ok(match (self.content_length, self.chunked) {
+            (Some(_), true) => return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding")),
+            (None, true) => BodyFraming::Chunked,
+            (Some(0), false) | (None, false) => BodyFraming::None,
+            (Some(n), false) if n > BODY_BYTES_MAX => return Err(HeadError::BodyTooLarge),
+            (Some(n), false) => BodyFraming::Length(n),
+        })
+    }
+}
+
+/// Records one header line in `head` (or in `framing`); an error ends the parse at
+/// the first header that breaks a rule, so the answer names that header's problem.
+fn read_header(
+    head: &mut RequestHead,
+    framing: &mut FramingHeaders,
+    bytes: &[u8],
+    header: &httparse::Header,
+) -> Result<(), HeadError> {
+    let name = header.name;
+    let value = trim(header.value);
+    if name.eq_ignore_ascii_case("content-length") {
+        if framing.content_length.is_some() {
+            return Err(HeadError::Malformed("repeated Content-Length"));
         }
+        framing.content_length = Some(parse_content_length(value)?);
+    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        if framing.chunked || !value.eq_ignore_ascii_case(b"chunked") {
+            return Err(HeadError::UnsupportedTransferEncoding);
+        }
+        framing.chunked = true;
+    } else if name.eq_ignore_ascii_case("connection") {
+        if contains_token(value, b"close") {
+            head.keep_alive = false;
+        }
+    } else if name.eq_ignore_ascii_case("content-type") {
+        head.content_type = Some(range_of(bytes, value));
+    } else if name.eq_ignore_ascii_case("x-api-key") {
+        head.api_key = Some(range_of(bytes, value));
+    } else if name.eq_ignore_ascii_case("authorization") {
+        head.authorization = Some(range_of(bytes, value));
+    } else if name.eq_ignore_ascii_case("expect") {
+        if !value.eq_ignore_ascii_case(b"100-continue") {
+            return Err(HeadError::Malformed("unsupported Expect value"));
+        }
+        head.expect_continue = true;
     }
-    if version_minor == 0 {
-        head.keep_alive = false;
-    }
-    head.framing = match (content_length, chunked) {
-        (Some(_), true) => return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding")),
-        (None, true) => BodyFraming::Chunked,
-        (Some(0), false) | (None, false) => BodyFraming::None,
-        (Some(n), false) if n > BODY_BYTES_MAX => return Err(HeadError::BodyTooLarge),
-        (Some(n), false) => BodyFraming::Length(n),
-    };
-    Ok(head)
+    Ok(())
 }
 
 fn trim(value: &[u8]) -> &[u8] {
