@@ -190,3 +190,145 @@ fn an_admin_token_allows_a_public_address() {
     let admin = [("Content-Type", "application/json"), ("Authorization", "Bearer x")];
     assert_eq!(server.request("POST", "/api/keys/generate", &admin, Some(body)).status, 201);
 }
+
+/// Runs `triggerd serve` with `args` to completion (it must exit on its own); returns
+/// whether it succeeded and its stderr.
+fn serve_exits(args: &[&str]) -> (bool, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .arg("serve")
+        .args(args)
+        .env_remove("TRIGGERD_CONFIG")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    // A guard against a hang, never a wait for something.
+    let Ok(output) = outcome.recv_timeout(Duration::from_secs(60)) else {
+        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("serve {args:?} did not exit");
+    };
+    let output = output.unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn a_second_server_on_a_taken_port_exits_naming_the_holder() {
+    // Regression: SO_REUSEPORT let a second server share the port silently, and
+    // requests alternated between two servers (and two data sets).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let first = Server::start_listening(&listen, &[]);
+    let (ok, stderr) = serve_exits(&["--listen", &listen, "--database-url", "host=/nonexistent dbname=none"]);
+    assert!(!ok);
+    assert!(stderr.contains(&format!("{listen} is already in use by process {}", first.pid())), "{stderr}");
+    assert_eq!(first.request("GET", "/health", &[], None).status, 200, "the first server is untouched");
+}
+
+#[test]
+fn a_second_server_on_a_data_dir_in_use_exits_naming_the_holder() {
+    // Regression: two servers on one data directory shared the embedded cluster, and
+    // stopping the second stopped it under the first.
+    let dir = std::env::temp_dir().join(format!("triggerd-dir-{}", uuid::Uuid::now_v7().simple()));
+    let data_dir = dir.to_str().unwrap();
+    let pg_port = (40_000 + uuid::Uuid::now_v7().as_u128() % 20_000).to_string();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-cores",
+            "1",
+            "--data-dir",
+            data_dir,
+            "--pg-port",
+            &pg_port,
+        ])
+        .args(["--log", "warn"])
+        .env_remove("DATABASE_URL")
+        .env_remove("TRIGGERD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Whatever happens below, the first server (and its cluster) must not outlive the test.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the pid of a child this test spawned.
+            unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+        }
+    }
+    let _stop = Stop(first.id());
+    let stdout = first.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    assert!(
+        lines.next().is_some_and(|l| l.unwrap().starts_with("triggerd listening on")),
+        "the first server starts"
+    );
+    let (ok, stderr) =
+        serve_exits(&["--listen", "127.0.0.1:0", "--data-dir", data_dir, "--pg-port", &pg_port]);
+    assert!(!ok);
+    assert!(stderr.contains(&format!("is in use by process {}", first.id())), "{stderr}");
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    assert!(first.wait().unwrap().success(), "the first server shuts down cleanly, its cluster with it");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn database_errors_name_their_cause() {
+    // Regression: a missing database printed "cannot reach PostgreSQL: db error".
+    let Ok(database) = std::env::var("DATABASE_URL") else { panic!("run through scripts/test") };
+    let missing = format!("{database} dbname=triggerd_no_such_database");
+    let (ok, stderr) = serve_exits(&["--listen", "127.0.0.1:0", "--database-url", &missing]);
+    assert!(!ok);
+    assert!(stderr.contains("database \"triggerd_no_such_database\" does not exist"), "{stderr}");
+    let (ok, stderr) =
+        serve_exits(&["--listen", "127.0.0.1:0", "--database-url", "host=/nonexistent/socket-dir port=5"]);
+    assert!(!ok);
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_boolean_from_the_environment_names_the_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .args(["serve", "--print-config"])
+        .env("TRIGGERD_WEBHOOK_ALLOW_PRIVATE", "maybe")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("environment variable TRIGGERD_WEBHOOK_ALLOW_PRIVATE"), "{stderr}");
+    for accepted in ["1", "0", "yes", "true"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+            .args(["serve", "--print-config"])
+            .env("TRIGGERD_WEBHOOK_ALLOW_PRIVATE", accepted)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{accepted}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+#[test]
+fn misspelt_flags_get_a_suggestion_and_host_names_listen() {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_triggerd")).args(["serve", "--lisen", "x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("a similar argument exists: '--listen'"));
+    let (ok, printed) = triggerd(&["serve", "--listen", "localhost:8096", "--print-config"]);
+    assert!(ok, "{printed}");
+    let (ok, printed) = triggerd(&["serve", "--print-config"]);
+    assert!(ok);
+    let cores = printed.lines().find(|l| l.starts_with("http-cores = ")).unwrap();
+    assert!(cores.split(' ').nth(2).unwrap().parse::<usize>().is_ok(), "the effective value: {cores}");
+    let output = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .args(["serve", "--print-config"])
+        .env("TRIGGERD_RETRY_SCHEDULE", "5x")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "an invalid value is refused after printing");
+}

@@ -348,3 +348,26 @@ fn leases_with_an_injected_clock() {
         let _ = driver.await;
     });
 }
+
+#[test]
+fn a_failed_attempt_logs_one_line_naming_organisation_event_and_status() {
+    // Regression: webhook failures were invisible in the logs at every level.
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Status(500));
+    let (server, log) = Server::start_logging(
+        &database.url,
+        &["--webhook-allow-private", "--delivery-poll-ms", "50", "--retry-schedule", "1h"],
+    );
+    let org = server.generate("logged", "pro");
+    configure(&server, &org, &receiver.url());
+    let id = post(&server, &org, r#"{"type":"t","payload":{}}"#);
+    receiver.next(WAIT);
+    let line = loop {
+        let line = log.recv_timeout(WAIT).expect("a log line about the attempt");
+        if line.contains("webhook attempt failed") {
+            break line;
+        }
+    };
+    assert!(line.contains(&org.id) && line.contains(&id) && line.contains("HTTP 500"), "{line}");
+    assert!(line.contains("attempt=1") && line.contains("retry_in_ms="), "{line}");
+}

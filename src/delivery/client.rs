@@ -140,7 +140,13 @@ impl WebhookClient {
             .iter()
             .copied()
             .find(|address| self.allow_private || !is_forbidden(address.ip()))
-            .ok_or_else(|| format!("refused: {} resolves only to private or reserved addresses", target.host))
+            .ok_or_else(|| {
+                format!(
+                    "refused: {} resolves only to private or reserved addresses (a server started with \
+                     --webhook-allow-private delivers to them, for local development)",
+                    target.host
+                )
+            })
     }
 
     async fn connect(&self, target: &Target) -> Result<Sender, String> {

@@ -97,6 +97,26 @@ fn now_micros() -> i64 {
     unix_micros(SystemTime::now())
 }
 
+/// One line per attempt: failures (and push switched off) as warnings, with the
+/// organisation, the event, the attempt number and the status or error; successes at
+/// debug level.
+fn log_attempt(claimed: &Claimed, record: &Record) {
+    let (org, event, attempt) = (claimed.org_id, claimed.id, claimed.attempts.max(0) + 1);
+    match record {
+        Record::Delivered => tracing::debug!(%org, %event, attempt, "webhook delivered"),
+        Record::Retry { delay_ms, error } => {
+            tracing::warn!(%org, %event, attempt, error = %error, retry_in_ms = delay_ms, "webhook attempt failed; will retry")
+        }
+        Record::Failed { error } => {
+            tracing::warn!(%org, %event, attempt, error = %error, "webhook attempt failed; no retries left, the event is failed")
+        }
+        Record::Gone => {
+            tracing::warn!(%org, %event, attempt, "webhook answered 410 Gone; push switched off for the organisation")
+        }
+        Record::PushOff => tracing::debug!(%org, %event, "push is off; the event stays pending for pull"),
+    }
+}
+
 /// Header-safe rendering of an event type: visible ASCII kept, other bytes %-encoded.
 fn header_safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -351,6 +371,7 @@ impl Engine {
             }
         };
         self.metrics.outcome(&record);
+        log_attempt(&claimed, &record);
         self.record(&claimed, &record).await;
     }
 

@@ -60,7 +60,10 @@ pub fn at_least(name: &str, value: Option<u64>, want: u64, why: &str) -> Verdict
         None => Verdict::Warn(format!("{name}: unreadable")),
         Some(v) if v >= want => Verdict::Ok(format!("{name} = {v}")),
         Some(v) => {
-            Verdict::Warn(format!("{name} = {v}: set it to at least {want} ({why}); see tuning/sysctl.conf"))
+            // A sysctl is set in tuning/sysctl.conf; a process limit where it runs.
+            let fix =
+                if name.contains('.') { "see tuning/sysctl.conf" } else { "see tuning/triggerd.service" };
+            Verdict::Warn(format!("{name} = {v}: set it to at least {want} ({why}); {fix}"))
         }
     }
 }
@@ -137,7 +140,7 @@ pub fn inspect(http_cores: usize, connections_per_core: usize) -> Vec<Verdict> {
         "open files (hard limit)",
         open_files,
         (http_cores * connections_per_core) as u64 + 1024,
-        "one per connection; LimitNOFILE in the unit",
+        "one per connection: LimitNOFILE= in the systemd unit, or ulimit -n in a shell",
     ));
     verdicts.push(at_least(
         "net.core.somaxconn",

@@ -28,6 +28,8 @@ pub async fn listen(storage: Rc<Storage>) {
     loop {
         match session(&storage, reconnecting).await {
             Ok(()) => backoff.succeeded(),
+            // Shutting down: the database goes away on purpose.
+            Err(_) if storage.db.closing() => return,
             Err(e) => {
                 tracing::warn!(error = %crate::util::error_chain(&e), "revocation listener lost its connection")
             }

@@ -30,6 +30,8 @@ pub enum LocalPgError {
     Failed { command: String, status: String, log: String },
     #[error("{0}")]
     Setup(String),
+    #[error("{command} was interrupted (signal {signal}); run the same command again to start over")]
+    Interrupted { command: String, signal: i32 },
 }
 
 /// A cluster under `root`: data in `root/pgdata`, socket in `root/socket` (or a
@@ -85,18 +87,21 @@ impl LocalPg {
 
     fn run(&self, mut command: Command, what: &str) -> Result<(), LocalPgError> {
         let output = command.output()?;
+        let error_file = self.root.join(format!("{what}.err"));
         if output.status.success() {
+            // A failure of an earlier attempt is history now.
+            let _ = std::fs::remove_file(&error_file);
             return Ok(());
         }
+        if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&output.status) {
+            return Err(LocalPgError::Interrupted { command: what.into(), signal });
+        }
         let log = self.log_file();
-        std::fs::write(
-            self.root.join(format!("{what}.err")),
-            [&output.stdout[..], &output.stderr[..]].concat(),
-        )?;
+        std::fs::write(&error_file, [&output.stdout[..], &output.stderr[..]].concat())?;
         Err(LocalPgError::Failed {
             command: what.into(),
             status: output.status.to_string(),
-            log: format!("{} and {}", self.root.join(format!("{what}.err")).display(), log.display()),
+            log: format!("{} and {}", error_file.display(), log.display()),
         })
     }
 
@@ -131,7 +136,11 @@ impl LocalPg {
                 "--no-locale",
                 "--no-sync",
             ]);
-            self.run(initdb, "initdb").map_err(|e| self.explain_permissions(e))?;
+            if let Err(error) = self.run(initdb, "initdb") {
+                // A half-made cluster would be mistaken for a made one next time.
+                let _ = std::fs::remove_dir_all(self.data_dir());
+                return Err(self.explain_permissions(error));
+            }
         }
         if self.is_running() {
             return Ok(false);
@@ -159,13 +168,15 @@ impl LocalPg {
     }
 
     fn explain_permissions(&self, error: LocalPgError) -> LocalPgError {
+        let denied = std::fs::read_to_string(self.root.join("initdb.err"))
+            .is_ok_and(|text| text.contains("ermission denied"));
         match self.run_as {
-            Some(_) => LocalPgError::Setup(format!(
+            Some(_) if denied && matches!(error, LocalPgError::Failed { .. }) => LocalPgError::Setup(format!(
                 "{error}. PostgreSQL runs as an unprivileged user when triggerd runs as root: every parent of {} \
                  must be searchable by that user (or choose a --data-dir under /tmp or /var/lib)",
                 self.root.display()
             )),
-            None => error,
+            _ => error,
         }
     }
 

@@ -46,6 +46,11 @@ impl Db {
         Ok(client)
     }
 
+    /// True once the process shuts down: a lost connection is expected then.
+    pub fn closing(&self) -> bool {
+        self.status.closing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The raw configuration, for a user that drives its connection itself (the
     /// listener reads notifications from it).
     pub fn config(&self) -> &tokio_postgres::Config {

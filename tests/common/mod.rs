@@ -77,7 +77,24 @@ impl Server {
         Server::spawn(&database_url(), listen, extra)
     }
 
+    /// Starts a server on `database` whose log lines (stderr) the test reads; the
+    /// receiver yields each line as the server writes it.
+    pub fn start_logging(database: &str, extra: &[&str]) -> (Server, std::sync::mpsc::Receiver<String>) {
+        let (sender, log) = std::sync::mpsc::channel();
+        let server = Server::spawn_with(database, "127.0.0.1:0", extra, Some(sender));
+        (server, log)
+    }
+
     fn spawn(database: &str, listen: &str, extra: &[&str]) -> Server {
+        Server::spawn_with(database, listen, extra, None)
+    }
+
+    fn spawn_with(
+        database: &str,
+        listen: &str,
+        extra: &[&str],
+        log: Option<std::sync::mpsc::Sender<String>>,
+    ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_triggerd"));
         command
             .args(["serve", "--listen", listen, "--http-cores", "2", "--database-url", database])
@@ -85,8 +102,15 @@ impl Server {
             .args(["--log", &std::env::var("TRIGGERD_TEST_LOG").unwrap_or_else(|_| "warn".into())])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if log.is_some() { Stdio::piped() } else { Stdio::inherit() });
         let mut child = command.spawn().expect("spawn triggerd");
+        if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = log.send(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut addr: SocketAddr = loop {
