@@ -7,8 +7,8 @@
 //! are plain bodies). Otherwise the rest of the input drives the grammar (`Plan`): a
 //! flat list of operations run on an explicit stack, so nothing here recurses however
 //! deep the document: open/close an array or object, a scalar, a run of N nested
-//! openings (to just around `DEPTH_MAX`, up to 32 767, or as deep as the body limit
-//! allows: 131 000 levels), a wide container of up to 32 767 members with an optional
+//! openings (to just around `DEPTH_MAX`, up to 32 760, or as deep as the body limit
+//! allows: 131 000 levels), a wide container of up to 32 760 members with an optional
 //! twin of one name (raw against `\u`-escaped), whitespace, raw garbage, or a stop that
 //! leaves everything open. Strings are pieces: text written raw, fully `\u`-escaped or
 //! with short escapes, `\u0000`, lone and broken surrogate escapes, valid pairs, raw
@@ -318,7 +318,9 @@ enum Len {
     Limit(u8),
 }
 
-const LIMIT_LENS: &[usize] = &[307, 308, 309, 16_382, 16_383, 16_384, 131_070, 131_071, 131_072, 131_073];
+/// Digit counts at a double's limit, then at numeric's (display scale, decimal weight).
+const LIMIT_LENS: &[usize] = &[307, 308, 309, 310];
+const LIMIT_LENS_LONG: &[usize] = &[16_382, 16_383, 16_384, 131_070, 131_071, 131_072, 131_073];
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 struct Exponent {
@@ -366,8 +368,15 @@ impl Len {
     fn get(self) -> usize {
         match self {
             Len::Small(n) => usize::from(n % 24),
-            Len::Large(n) => usize::from(n) * 2,
-            Len::Limit(n) => LIMIT_LENS[usize::from(n) % LIMIT_LENS.len()],
+            // As `skewed`, up to 131 040 digits; the long ones are rarer, as they are
+            // slow to check and a wide container repeats them until the body is full.
+            Len::Large(n) => match n {
+                0..=0xBFFF => usize::from(n % 400),
+                0xC000..=0xEFFF => usize::from(n % 20_000),
+                _ => usize::from(n & 0x0FFF) * 32,
+            },
+            Len::Limit(n) if n < 0xC0 => LIMIT_LENS[usize::from(n) % LIMIT_LENS.len()],
+            Len::Limit(n) => LIMIT_LENS_LONG[usize::from(n) % LIMIT_LENS_LONG.len()],
         }
     }
 }
@@ -858,13 +867,14 @@ fn number(text: String) -> Prepared {
     Prepared::Scalar(text.into_bytes(), problem)
 }
 
-/// Mostly small (below 64), sometimes anything up to 32 767: a run of levels or members
-/// that always filled the body would make every execution slow.
+/// Mostly small (below 64: 3 in 4), sometimes up to 1 023 (3 in 16), rarely up to
+/// 32 760 (1 in 16): a run of levels or members that often filled the body would make
+/// most executions slow (the first 20-minute run managed 37 a second).
 fn skewed(n: u16) -> usize {
-    if n & 0x8000 == 0 {
-        usize::from(n % 64)
-    } else {
-        usize::from(n & 0x7FFF)
+    match n {
+        0..=0xBFFF => usize::from(n % 64),
+        0xC000..=0xEFFF => usize::from(n % 1024),
+        _ => usize::from(n & 0x0FFF) * 8,
     }
 }
 
