@@ -407,13 +407,13 @@ impl NumberSpec {
         if let Some(fraction) = self.fraction {
             text.push('.');
             let from = text.len();
-            text.extend(std::iter::repeat('0').take(fraction.zeros.get()));
+            text.extend(std::iter::repeat_n('0', fraction.zeros.get()));
             let digits = fraction.digits.get();
             if digits > 0 {
                 text.push(char::from(b'1' + fraction.fill % 9));
                 digit_run(&mut text, digits - 1, fraction.fill / 9);
             }
-            text.extend(std::iter::repeat('0').take(fraction.trailing_zeros.get()));
+            text.extend(std::iter::repeat_n('0', fraction.trailing_zeros.get()));
             if text.len() == from {
                 text.push('0');
             }
@@ -425,7 +425,7 @@ impl NumberSpec {
                 Sign::Plus => text.push('+'),
                 Sign::Minus => text.push('-'),
             }
-            text.extend(std::iter::repeat('0').take(usize::from(exponent.leading_zeros % 24)));
+            text.extend(std::iter::repeat_n('0', usize::from(exponent.leading_zeros % 24)));
             match exponent.value {
                 ExponentValue::Small(n) => text.push_str(&n.to_string()),
                 ExponentValue::Near(at, delta) => {
@@ -436,7 +436,7 @@ impl NumberSpec {
                 ExponentValue::Many(n, nines) => {
                     text.push(if nines { '9' } else { '1' });
                     let fill = if nines { '9' } else { '0' };
-                    text.extend(std::iter::repeat(fill).take(9 + usize::from(n % 40)));
+                    text.extend(std::iter::repeat_n(fill, 9 + usize::from(n % 40)));
                 }
             }
         }
