@@ -1,31 +1,40 @@
-//! Fuzzes event validation (src/ingest/validate.rs) and the batch span finder
-//! (src/ingest/batch.rs). Differential check against a strict RFC 8259 parser
-//! (serde_json): for every body it accepts as a `{"events": [...]}` object, the span
-//! finder finds exactly as many entries and each span is one valid JSON value. (simd-json
-//! accepts some invalid bodies, a NUL after an atom or junk after a long number: the
-//! service refuses NUL itself and leaves the rest to PostgreSQL's strict parser.)
+//! Fuzzes event validation (src/ingest/validate.rs), the JSON gate in front of it
+//! (src/json/gate.rs) and the batch span finder (src/ingest/batch.rs), each input on a
+//! thread with an HTTP core's stack (see common/mod.rs).
+//!
+//! Checks (`common::check_body`): the gate against an independent strict reading
+//! (serde_json), and `parse_json`/`validate_event` against the gate. Then a differential
+//! check of the span finder against serde_json: for every body the gate passes and
+//! serde_json reads as a `{"events": [...]}` object, the span finder finds exactly as
+//! many entries and each span is one valid JSON value. (simd-json alone accepts some invalid bodies, a NUL
+//! after an atom or junk after a long number; the gate refuses them before it parses.)
 #![no_main]
+
+mod common;
+
+use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use triggerd::ingest::batch::array_element_spans;
-use triggerd::ingest::validate::{parse_json, validate_event, FIELD_BYTES_MAX};
+use triggerd::util::json::JsonScratch;
 
-fuzz_target!(|data: &[u8]| {
-    let mut scratch = triggerd::util::json::JsonScratch::default();
-    let mut copy = data.to_vec();
-    if let Ok(fields) = validate_event(&mut copy, &mut scratch) {
-        assert!(!fields.event_type.is_empty() && fields.event_type.len() <= FIELD_BYTES_MAX);
-        assert!(!fields.event_type.contains('\0'));
-        if let Some(dedup) = &fields.dedup_id {
-            assert!(!dedup.is_empty() && dedup.len() <= FIELD_BYTES_MAX);
-        }
+fuzz_target!(|data: &[u8]| common::on_core_stack(check, data));
+
+thread_local! {
+    /// Reused across inputs, as an HTTP core reuses its scratch across requests.
+    static SCRATCH: RefCell<JsonScratch> = RefCell::new(JsonScratch::default());
+}
+
+fn check(data: &[u8]) {
+    let gated = SCRATCH.with(|scratch| common::check_body(data, &mut scratch.borrow_mut()));
+    // The span finder sees only bodies that passed the gate (as in the service): with a
+    // repeated "events" serde_json keeps the last array, the span finder the first.
+    if gated.is_err() {
+        return;
     }
-    // Whatever the service's parse accepts must not crash the span finder.
-    let mut parsed = data.to_vec();
-    if parse_json(&mut parsed, &mut scratch).is_ok() {
-        let _ = array_element_spans(data);
-    }
-    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
     if object.len() != 1 {
         return;
     }
@@ -33,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
     let spans = array_element_spans(data);
     assert_eq!(spans.len(), events.len(), "one span per entry");
     for (span, event) in spans.into_iter().zip(events) {
-        let entry: serde_json::Value = serde_json::from_slice(&data[span]).expect("each span is one JSON value");
+        let entry: serde_json::Value =
+            serde_json::from_slice(&data[span]).expect("each span is one JSON value");
         assert_eq!(&entry, event, "each span is its entry");
     }
-});
+}

@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     match parse_head(data) {
         Ok(head) => {
             assert!(head.head_bytes <= data.len() && head.head_bytes <= HEAD_BYTES_MAX);
-            for range in [Some(head.target.clone()), head.content_type, head.api_key, head.authorization].into_iter().flatten() {
+            for range in [Some(head.target.clone()), head.content_type, head.api_key, head.authorization]
+                .into_iter()
+                .flatten()
+            {
                 assert!(range.end <= head.head_bytes, "header ranges stay inside the head");
             }
             if let BodyFraming::Length(n) = head.framing {

@@ -28,6 +28,12 @@ use crate::shard::{Shard, ShardParts};
 pub const IO_MEMORY_BYTES: usize = 256 * 1024;
 /// Smallest memlock limit glommio accepts.
 pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+/// The stack each HTTP core runs on: glommio spawns its executor threads with
+/// `std::thread::Builder` and sets no stack size, so they get std's default, 2 MiB
+/// (with `RUST_MIN_STACK` unset). Every request body is read on such a stack, so the
+/// fuzz targets run their input on a thread of this size, not on libFuzzer's larger
+/// main-thread stack.
+pub const HTTP_CORE_STACK_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -30,7 +30,7 @@ use crate::storage::retention::RetentionConfig;
 use crate::storage::{self, BatchLimits, StorageConfig};
 use crate::util::{error_chain, sys};
 use config::{LogFormat, ServeConfig};
-pub use cores::{HttpCores, IO_MEMORY_BYTES, MEMLOCK_BYTES_MIN};
+pub use cores::{HttpCores, HTTP_CORE_STACK_BYTES, IO_MEMORY_BYTES, MEMLOCK_BYTES_MIN};
 
 /// Commands executing at once per lane on the storage thread.
 const COMMANDS_IN_FLIGHT_MAX: usize = 256;
