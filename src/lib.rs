@@ -12,8 +12,10 @@
 //!   response writer (`json`), the one webhook URL parser (`url`), CPUs and limits
 //!   (`sys`), single-writer counters and the exposition format (`stats`).
 //! - [`http`]: HTTP/1.1 on httparse. The request-head parser and chunked decoder are
-//!   plain functions over bytes; the connection loop (keep-alive, pipelining, timeouts,
-//!   limits) hands complete requests to a `Handler` and frames its responses.
+//!   plain functions over bytes; the framer (`http::framer`) takes bytes and `now` and
+//!   says what to do (read more, answer 100 Continue, a complete request, an error);
+//!   the connection loop only moves bytes between the socket, the framer and a
+//!   `Handler`, and frames the handler's responses.
 //! - [`model`]: the domain's nouns: tiers, organisations and their rate windows (one
 //!   shared atomic each, exact across cores).
 //! - [`auth`]: API keys (format, Argon2id at rest), the bounded blocking pool where
@@ -32,7 +34,8 @@
 //!   retention, migrations, a private cluster for development.
 //! - [`delivery`]: the webhook engine on the storage thread: leased attempts claimed
 //!   from PostgreSQL, signed (Standard Webhooks), retried on a schedule, refused for
-//!   private destinations.
+//!   private destinations. Its decisions (caps, backlog, claim spacing) are a plain
+//!   `Scheduler` that takes `now`; the engine is the IO around it.
 //! - [`metrics`]: assembles what each subsystem counts into one exposition.
 //! - [`api`]: the routes; each handler decodes the request, acts through the layers
 //!   below and encodes the reply; every error becomes HTTP in one place.
