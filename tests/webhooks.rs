@@ -99,9 +99,11 @@ fn fails_twice_then_succeeds_with_growing_gaps() {
     assert!(attempts.iter().all(|a| a.header("webhook-id") == id), "one event, retried");
     let first_gap = attempts[1].at - attempts[0].at;
     let second_gap = attempts[2].at - attempts[1].at;
+    // Each gap is at least its step of the schedule (less a little for clock grain).
+    // Not "second > first": on a loaded machine the first retry can come late, and
+    // lateness is not what this checks.
     assert!(first_gap >= Duration::from_millis(180), "{first_gap:?}");
     assert!(second_gap >= Duration::from_millis(540), "{second_gap:?}");
-    assert!(second_gap > first_gap);
     eventually(WAIT, "delivered on the third attempt", || state(&database, &id).0 == "delivered");
     assert_eq!(state(&database, &id).1, 3);
 }
