@@ -22,6 +22,11 @@ pub fn scrape(shard: &Shard, registry: &Registry, response: &mut ResponseBuf) ->
         ("triggerd_ring_capacity_events", "Capacity of all rings together.", capacity as f64),
         ("triggerd_database_up", "1 while the last write reached PostgreSQL.", database_up),
         ("triggerd_http_cores", "HTTP cores serving.", registry.cores.len() as f64),
+        (
+            "triggerd_stream_reads_held",
+            "Stream reads (long-polls and event streams) waiting for a commit.",
+            handoff.stream_waiters.load(Ordering::Relaxed) as f64,
+        ),
     ]);
     response.body.extend_from_slice(text.as_bytes());
     response.content_type = Some(CONTENT_TYPE_TEXT);

@@ -11,6 +11,7 @@ mod inbox;
 mod keys;
 mod leases;
 mod metrics;
+mod stream;
 mod webhooks;
 
 use std::rc::Rc;
@@ -45,6 +46,7 @@ pub const ROUTE_LABELS: &[&str] = &[
     "inbox_lease",
     "inbox_lease_ack",
     "inbox_lease_release",
+    "events_stream",
 ];
 
 /// Every route the service serves. The discriminant indexes `ROUTE_LABELS`.
@@ -65,6 +67,7 @@ pub enum Route {
     InboxLease,
     InboxLeaseAck,
     InboxLeaseRelease,
+    EventsStream,
 }
 
 /// (path template, route, methods allowed) — the whole routing table, tried in order.
@@ -79,6 +82,7 @@ pub const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/keys/rotate", Route::KeysRotate, "POST"),
     ("/api/events", Route::Events, "POST"),
     ("/api/events/batch", Route::EventsBatch, "POST"),
+    ("/api/events/stream", Route::EventsStream, "GET"),
     ("/api/inbox", Route::Inbox, "GET, HEAD"),
     ("/api/ack/{id}", Route::Ack, "POST"),
     ("/api/ack", Route::AckBatch, "POST"),
@@ -168,6 +172,7 @@ impl Api {
             Route::InboxLeaseRelease => {
                 leases::release(shard, request, id.unwrap_or_default(), response).await
             }
+            Route::EventsStream => stream::read(&self.shard, request, response).await,
         }
     }
 }
@@ -267,6 +272,8 @@ mod tests {
         assert_eq!(matched(Method::Post, "/api/ack/"), Err("not_found"));
         assert_eq!(matched(Method::Get, "/api/events/"), Err("not_found"));
         assert_eq!(matched(Method::Get, "/nope"), Err("not_found"));
+        // A held stream read without a body to hold it for: GET only.
+        assert_eq!(matched(Method::Head, "/api/events/stream"), Err("method_not_allowed"));
         assert_eq!(matched(Method::Post, "/api/inbox/lease"), Ok((Route::InboxLease, None)));
         assert_eq!(
             matched(Method::Post, "/api/inbox/lease/xyz/ack"),

@@ -136,6 +136,15 @@ pub enum Command {
         org_id: Uuid,
         reply: Reply<Option<WebhookConfig>>,
     },
+    /// The organisation's events in commit order after a position.
+    Stream {
+        query: StreamQuery,
+        reply: Reply<StreamPage>,
+    },
+    /// The stream horizon: the oldest transaction id still in progress in the cluster.
+    Horizon {
+        reply: Reply<i64>,
+    },
 }
 
 impl Command {
@@ -192,6 +201,43 @@ pub struct InboxEvent {
     /// Bytes of event JSON in the page up to and including this event (approximate:
     /// the text of its fields plus a fixed allowance for the rest).
     pub page_bytes: i64,
+}
+
+/// A place in an organisation's ordered stream: the inserting transaction's id and the
+/// event's id, the order of `events_stream (org_id, xid, id)`. `ORIGIN` is before
+/// every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub xid: i64,
+    pub id: Uuid,
+}
+
+impl Position {
+    pub const ORIGIN: Position = Position { xid: 0, id: Uuid::nil() };
+}
+
+/// One stream page request.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamQuery {
+    pub org_id: Uuid,
+    pub after: Position,
+    pub limit: i64,
+    /// Bytes of event JSON the page may hold (at least one event is always returned).
+    pub bytes_max: i64,
+}
+
+/// What a stream read found.
+#[derive(Debug, Clone, Default)]
+pub struct StreamPage {
+    /// Events after the position, in commit order, each with its own position.
+    pub events: Vec<(Position, InboxEvent)>,
+    /// More events may follow the page right away (the page was cut by limit or
+    /// bytes).
+    pub more: bool,
+    /// The page is empty, yet committed events follow the position: behind the horizon
+    /// (a transaction that began earlier is still running), or come below it since the
+    /// page was read. Worth reading again when the horizon moves.
+    pub held_by_horizon: bool,
 }
 
 /// An organisation's push configuration.

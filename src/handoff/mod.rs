@@ -14,7 +14,7 @@
 pub mod commands;
 pub mod tickets;
 
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use atomic_waker::AtomicWaker;
@@ -104,12 +104,19 @@ pub struct CoreLink {
     completions: ArrayQueue<(u32, Outcome)>,
     /// Control messages from the storage core.
     control: ArrayQueue<Control>,
+    /// Organisations that just got committed events, for this core's held stream
+    /// reads; `notices_overflow` stands for "any organisation" when it was full.
+    notices: ArrayQueue<Uuid>,
+    notices_overflow: AtomicBool,
     /// Wakes this core's dispatcher task (a glommio task; woken from a foreign thread).
     waker: AtomicWaker,
 }
 
 /// Control messages a core can have queued before the sender waits.
 const CONTROL_MAX: usize = 64;
+/// Commit notices a core can have queued; beyond it they collapse into one "every
+/// organisation" notice (held reads re-check; nothing is lost).
+const NOTICES_MAX: usize = 1024;
 
 impl CoreLink {
     fn new(ring_capacity: usize) -> CoreLink {
@@ -117,6 +124,8 @@ impl CoreLink {
             events: ArrayQueue::new(ring_capacity),
             completions: ArrayQueue::new(ring_capacity),
             control: ArrayQueue::new(CONTROL_MAX),
+            notices: ArrayQueue::new(NOTICES_MAX),
+            notices_overflow: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
@@ -142,6 +151,9 @@ impl CoreLink {
 /// All links plus the storage core's sleep/wake state.
 pub struct Handoff {
     pub links: Vec<Arc<CoreLink>>,
+    /// Stream reads held on any core of this process; commit notices are sent only
+    /// while there is one.
+    pub stream_waiters: AtomicUsize,
     /// Writers currently asleep (or about to sleep) on `notify`.
     sleepers: AtomicUsize,
     notify: Notify,
@@ -154,7 +166,28 @@ impl Handoff {
             links: (0..cores).map(|_| Arc::new(CoreLink::new(ring_capacity))).collect(),
             sleepers: AtomicUsize::new(0),
             notify: Notify::new(),
+            stream_waiters: AtomicUsize::new(0),
         })
+    }
+
+    /// Storage side, after a commit (or a notice from another instance): tells every
+    /// core which organisations got events; `None` means any organisation. Costs
+    /// nothing while no stream read is held.
+    pub fn committed(&self, orgs: Option<&[Uuid]>) {
+        if self.stream_waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        for link in &self.links {
+            match orgs {
+                Some(orgs) => {
+                    if orgs.iter().any(|org| link.notices.push(*org).is_err()) {
+                        link.notices_overflow.store(true, Ordering::Release);
+                    }
+                }
+                None => link.notices_overflow.store(true, Ordering::Release),
+            }
+            link.waker.wake();
+        }
     }
 
     /// Producer side, after a successful push.

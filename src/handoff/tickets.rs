@@ -11,6 +11,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use uuid::Uuid;
+
 use super::{Control, CoreLink, EventRecord, Handoff, Outcome};
 
 enum Slot {
@@ -91,9 +93,14 @@ impl Tickets {
         slab.slots.len() - slab.free.len()
     }
 
-    /// The dispatcher: runs for the life of the core, completing tickets and applying
-    /// control messages as the storage core sends them.
-    pub async fn dispatch(&self, mut on_control: impl FnMut(Control)) {
+    /// The dispatcher: runs for the life of the core, completing tickets, applying
+    /// control messages and passing on commit notices (`None`: any organisation) as
+    /// the storage core sends them.
+    pub async fn dispatch(
+        &self,
+        mut on_control: impl FnMut(Control),
+        mut on_commit: impl FnMut(Option<Uuid>),
+    ) {
         std::future::poll_fn(|cx| {
             let link = self.link();
             link.waker.register(cx.waker());
@@ -104,6 +111,15 @@ impl Tickets {
             }
             while let Some(control) = link.control.pop() {
                 on_control(control);
+                progressed = true;
+            }
+            if link.notices_overflow.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                while link.notices.pop().is_some() {}
+                on_commit(None);
+                progressed = true;
+            }
+            while let Some(org) = link.notices.pop() {
+                on_commit(Some(org));
                 progressed = true;
             }
             if progressed {
@@ -180,7 +196,6 @@ impl Drop for TicketFuture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
     fn record() -> EventRecord {
         EventRecord {

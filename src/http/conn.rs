@@ -206,11 +206,47 @@ async fn step<H: Handler>(c: &mut Connection, framer: &mut Framer, handler: &H, 
     }
 }
 
+/// Writes a streamed response: the head, then each piece the stream yields, each
+/// written out before the next is asked for (a reader that does not read stops the
+/// stream at the write timeout, never grows the output). Shutdown, the stream's end or
+/// a failed write end it; the connection then closes (a chunked body ends cleanly).
+async fn stream_response(
+    c: &mut Connection,
+    status: u16,
+    mut stream: Box<dyn super::BodyStream>,
+    chunked: bool,
+    drain: &Drain,
+) {
+    response::write_stream_head(&mut c.output, status, &c.response, chunked);
+    let mut piece = Vec::new();
+    let mut open = c.flush().await;
+    while open && !drain.is_draining() {
+        piece.clear();
+        let more = futures_lite::future::or(stream.next(&mut piece), async {
+            drain.wait().await;
+            false
+        })
+        .await;
+        response::write_piece(&mut c.output, &piece, chunked);
+        open = c.flush().await && more;
+    }
+    if chunked {
+        c.output.extend_from_slice(b"0\r\n\r\n");
+        c.flush().await;
+    }
+    c.response.release();
+}
+
 /// Dispatches a complete request framed from the front of the unconsumed bytes.
 async fn serve_request<H: Handler>(c: &mut Connection, handler: &H, framed: Framed, drain: &Drain) -> bool {
     let (head_bytes, body) = framed.split(&mut c.buffer[c.start..c.end]);
     c.response.clear();
     let status = handler.handle(Request::new(&framed.head, head_bytes, body, c.peer), &mut c.response).await;
+    if let Some(stream) = c.response.stream.take() {
+        c.consume(framed.consumed_bytes);
+        stream_response(c, status, stream, framed.head.version_minor == 1, drain).await;
+        return false;
+    }
     let keep_alive = framed.head.keep_alive && !drain.is_draining();
     response::write(&mut c.output, status, &c.response, !keep_alive, framed.head.method == Method::Head);
     let outsized = c.output.len() >= OUTPUT_FLUSH_BYTES;

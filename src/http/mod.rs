@@ -14,7 +14,12 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use parser::{Method, RequestHead};
-pub use response::ResponseBuf;
+pub use response::{BodyStream, ResponseBuf};
+
+/// Waits `duration` on the current core's executor (held reads, keep-alive comments).
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await;
+}
 
 /// One request as a handler sees it: the parsed head (ranges into `head_bytes`) and
 /// the complete, de-chunked body, which the handler may parse in place.
@@ -65,6 +70,21 @@ impl<'a> Request<'a> {
         let value = self.header(&self.head.authorization)?;
         let (scheme, token) = value.split_at_checked(7)?;
         scheme.eq_ignore_ascii_case(b"bearer ").then(|| token.trim_ascii())
+    }
+
+    /// True when `Accept` names `text/event-stream` (a Server-Sent Events client).
+    pub fn accepts_event_stream(&self) -> bool {
+        self.header(&self.head.accept).is_some_and(|value| {
+            value.split(|&b| b == b',').any(|item| {
+                let media_type = item.split(|&b| b == b';').next().unwrap_or_default();
+                media_type.trim_ascii().eq_ignore_ascii_case(b"text/event-stream")
+            })
+        })
+    }
+
+    /// The `Last-Event-ID` header, if any.
+    pub fn last_event_id(&self) -> Option<&'a str> {
+        self.header(&self.head.last_event_id).and_then(|value| std::str::from_utf8(value).ok())
     }
 
     /// True when `Content-Type` is `application/json`, parameters allowed.

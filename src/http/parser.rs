@@ -73,6 +73,10 @@ pub struct RequestHead {
     pub api_key: Option<Range<usize>>,
     /// Value of `Authorization`.
     pub authorization: Option<Range<usize>>,
+    /// Value of `Accept` (Server-Sent Events ask for `text/event-stream`).
+    pub accept: Option<Range<usize>>,
+    /// Value of `Last-Event-ID` (a reconnecting Server-Sent Events client).
+    pub last_event_id: Option<Range<usize>>,
     /// Bytes taken by the head, final CRLF included.
     pub head_bytes: usize,
 }
@@ -179,6 +183,8 @@ fn request_line(
         content_type: None,
         api_key: None,
         authorization: None,
+        accept: None,
+        last_event_id: None,
         head_bytes,
     })
 }
@@ -232,6 +238,10 @@ fn read_header(
         head.api_key = Some(range_of(bytes, value));
     } else if name.eq_ignore_ascii_case("authorization") {
         head.authorization = Some(range_of(bytes, value));
+    } else if name.eq_ignore_ascii_case("accept") {
+        head.accept = Some(range_of(bytes, value));
+    } else if name.eq_ignore_ascii_case("last-event-id") {
+        head.last_event_id = Some(range_of(bytes, value));
     } else if name.eq_ignore_ascii_case("expect") {
         if !value.eq_ignore_ascii_case(b"100-continue") {
             return Err(HeadError::Malformed("unsupported Expect value"));

@@ -85,6 +85,21 @@ pub struct ResponseBuf {
     /// share of a bounded budget, such as a large page's slot); dropped by the
     /// connection after the write, or at the next request.
     pub hold: Option<Box<dyn std::any::Any>>,
+    /// A body produced over time (Server-Sent Events) instead of `body`: the connection
+    /// writes the head, then each piece as the stream yields it, until it ends, the
+    /// client goes, or the server shuts down.
+    pub stream: Option<Box<dyn BodyStream>>,
+}
+
+/// A response body produced over time. The connection asks for the next piece only
+/// once the previous one is written (so a reader that does not read holds back the
+/// stream, not the server's memory), and races each ask against shutdown.
+pub trait BodyStream {
+    /// Appends the next piece to `out`; `false` when the body is complete.
+    fn next<'a>(
+        &'a mut self,
+        out: &'a mut Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + 'a>>;
 }
 
 impl ResponseBuf {
@@ -93,6 +108,7 @@ impl ResponseBuf {
         self.body.clear();
         self.content_type = None;
         self.hold = None;
+        self.stream = None;
     }
 
     /// Ends the response's life: drops its hold and gives back outsized buffers.
@@ -143,6 +159,37 @@ pub fn write(out: &mut Vec<u8>, status: u16, response: &ResponseBuf, close: bool
     out.extend_from_slice(b"\r\n");
     if !head_only {
         out.extend_from_slice(&response.body);
+    }
+}
+
+/// The head of a streamed response: no length; chunked for HTTP/1.1, delimited by the
+/// end of the connection for HTTP/1.0.
+pub fn write_stream_head(out: &mut Vec<u8>, status: u16, response: &ResponseBuf, chunked: bool) {
+    let head = status_head(status);
+    let json_line = b"Content-Type: application/json\r\n";
+    out.extend_from_slice(&head[..head.len() - json_line.len()]);
+    out.extend_from_slice(b"Content-Type: ");
+    out.extend_from_slice(response.content_type.unwrap_or(b"application/json"));
+    out.extend_from_slice(b"\r\n");
+    with_date(out);
+    out.extend_from_slice(b"Cache-Control: no-cache\r\n");
+    out.extend_from_slice(if chunked { b"Transfer-Encoding: chunked\r\n" } else { b"Connection: close\r\n" });
+    out.extend_from_slice(&response.headers);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One piece of a streamed body: a chunk (`size CRLF data CRLF`), or the bytes as they
+/// are without chunking. An empty piece writes nothing (an empty chunk would end it).
+pub fn write_piece(out: &mut Vec<u8>, piece: &[u8], chunked: bool) {
+    if piece.is_empty() {
+        return;
+    }
+    if chunked {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(piece);
     }
 }
 

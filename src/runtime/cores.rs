@@ -147,10 +147,13 @@ async fn serve_core(
 async fn dispatch(shard: Rc<Shard>, drain: Rc<Drain>) {
     shard
         .tickets()
-        .dispatch(|control| match control {
-            Control::Drain => drain.start(),
-            other => shard.apply(other),
-        })
+        .dispatch(
+            |control| match control {
+                Control::Drain => drain.start(),
+                other => shard.apply(other),
+            },
+            |org_id| shard.committed(org_id),
+        )
         .await;
 }
 

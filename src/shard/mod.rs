@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod keytable;
 pub mod metrics;
+pub mod stream;
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::net::IpAddr;
@@ -107,6 +108,8 @@ pub struct Shard {
     page_slots: Rc<Cell<usize>>,
     /// The JSON gate's and simd-json's scratch space, reused by every request.
     json: RefCell<JsonScratch>,
+    /// Held stream reads, by organisation.
+    stream: stream::StreamWaiters,
 }
 
 impl Shard {
@@ -137,6 +140,7 @@ impl Shard {
             throttles: RefCell::new(throttles),
             page_slots: Rc::new(Cell::new(PAGE_SLOTS_PER_CORE)),
             json: RefCell::new(JsonScratch::default()),
+            stream: stream::StreamWaiters::default(),
         }
     }
 

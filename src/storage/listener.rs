@@ -1,4 +1,4 @@
-//! Key revocation across instances. A rotation notifies `REVOKE_CHANNEL` in the same
+//! Key revocation and commit notices across instances (`notifier`). A rotation notifies `REVOKE_CHANNEL` in the same
 //! statement (PostgreSQL delivers it at commit); every instance on the database
 //! listens on a connection of its own and drops the organisation's cached keys on all
 //! its cores, typically milliseconds after the rotation commits. If the listening
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
+use super::notifier::{parse_notice, COMMITS_CHANNEL};
 use super::pg::Backoff;
 use super::Storage;
 
@@ -41,12 +42,13 @@ pub async fn listen(storage: Rc<Storage>) {
 
 async fn session(storage: &Storage, reconnecting: bool) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = storage.db.config().connect(NoTls).await?;
-    let (sender, mut notifications) = mpsc::channel::<String>(PENDING_MAX);
+    let (sender, mut notifications) = mpsc::channel::<(bool, String)>(PENDING_MAX);
     tokio::task::spawn_local(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
                 Ok(AsyncMessage::Notification(notification)) => {
-                    if sender.send(notification.payload().to_owned()).await.is_err() {
+                    let commits = notification.channel() == COMMITS_CHANNEL;
+                    if sender.send((commits, notification.payload().to_owned())).await.is_err() {
                         return;
                     }
                 }
@@ -55,11 +57,17 @@ async fn session(storage: &Storage, reconnecting: bool) -> Result<(), tokio_post
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {REVOKE_CHANNEL}")).await?;
+    client.batch_execute(&format!("LISTEN {REVOKE_CHANNEL}; LISTEN {COMMITS_CHANNEL}")).await?;
     if reconnecting {
         storage.revoke_all_everywhere().await;
+        // Commits of other instances may have gone unheard: every held read looks again.
+        storage.handoff.committed(None);
     }
-    while let Some(payload) = notifications.recv().await {
+    while let Some((commits, payload)) = notifications.recv().await {
+        if commits {
+            storage.handoff.committed(parse_notice(&payload).as_deref());
+            continue;
+        }
         match Uuid::try_parse(&payload) {
             Ok(org_id) => storage.revoke_everywhere(org_id).await,
             Err(_) => tracing::warn!(payload, "ignoring a malformed revocation notice"),

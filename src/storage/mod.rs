@@ -14,9 +14,11 @@ mod listener;
 pub mod local_pg;
 pub(crate) mod metrics;
 pub mod migrations;
+pub mod notifier;
 pub mod pg;
 pub mod queries;
 pub mod retention;
+pub mod stream;
 mod writer;
 
 use std::cell::RefCell;
@@ -225,6 +227,8 @@ async fn run(
     if let Some(on_start) = config.on_start {
         on_start(Rc::clone(&db));
     }
+    let broadcast = Rc::new(notifier::CommitBroadcast::default());
+    tokio::task::spawn_local(notifier::run(Rc::clone(&db), Rc::clone(&broadcast)));
     for writer in 0..config.writers.max(1) {
         tokio::task::spawn_local(writer::run(writer::Writer {
             number: writer,
@@ -234,6 +238,7 @@ async fn run(
             metrics: Arc::clone(&config.metrics),
             committed: config.committed.clone(),
             partitions_wanted: Rc::clone(&partitions_wanted),
+            broadcast: Rc::clone(&broadcast),
         }));
     }
     let timeout = config.statement_timeout;

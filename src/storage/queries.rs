@@ -47,6 +47,7 @@ pub struct Statements {
     get_webhook: Statement,
     stop_deliveries: Statement,
     pub(super) leases: super::leases::LeaseStatements,
+    pub(super) stream: super::stream::StreamStatements,
 }
 
 /// The SQL of the inbox page query for a view (public so a test can EXPLAIN it).
@@ -192,6 +193,7 @@ impl super::pg::PrepareStatements for Statements {
                 .await?,
             stop_deliveries: client.prepare(SWITCH_OFF_SQL).await?,
             leases: super::leases::prepare(client).await?,
+            stream: super::stream::prepare(client).await?,
         })
     }
 }
@@ -249,6 +251,12 @@ impl Storage {
             }
             Command::GetWebhook { org_id, reply } => {
                 let _ = reply.send(self.get_webhook(org_id).await.map_err(CommandError::from));
+            }
+            Command::Stream { query, reply } => {
+                let _ = reply.send(self.stream(query).await.map_err(CommandError::from));
+            }
+            Command::Horizon { reply } => {
+                let _ = reply.send(self.horizon().await.map_err(CommandError::from));
             }
         }
     }

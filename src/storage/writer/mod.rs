@@ -102,6 +102,8 @@ pub struct Writer {
     pub committed: Option<Committed>,
     /// Wakes partition maintenance when a batch finds its day's partition missing.
     pub partitions_wanted: Rc<Notify>,
+    /// Tells other instances which organisations got events.
+    pub broadcast: Rc<super::notifier::CommitBroadcast>,
 }
 
 /// The writer's connection, opened lazily and reopened after a loss with back-off;
@@ -180,8 +182,25 @@ pub async fn run(parts: Writer) {
         if link.connection.is_none() {
             parts.db.status.lost();
         }
+        let committed = committed_orgs(&batch, &outcomes);
         complete(&parts.handoff, &batch, outcomes);
+        // Held stream reads of these organisations look again, here and elsewhere.
+        parts.handoff.committed(Some(&committed));
+        parts.broadcast.add(&committed);
     }
+}
+
+/// The organisations that got events committed, each once.
+fn committed_orgs(batch: &[(usize, EventRecord)], outcomes: &[Outcome]) -> Vec<Uuid> {
+    let mut orgs: Vec<Uuid> = batch
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| **outcome == Outcome::Accepted)
+        .map(|((_, record), _)| record.org_id)
+        .collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    orgs
 }
 
 /// Gives every event of the batch its outcome, then wakes each core that had one.
