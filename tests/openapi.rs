@@ -54,3 +54,16 @@ fn operations_declare_their_responses_and_refs_resolve() {
         assert!(doc.pointer(&pointer).is_some(), "dangling $ref {pointer}");
     }
 }
+
+#[test]
+fn the_pushed_request_is_described_as_a_webhook() {
+    let doc = document();
+    let push = &doc["webhooks"]["event"]["post"];
+    let headers: BTreeSet<&str> =
+        push["parameters"].as_array().expect("headers").iter().filter_map(|p| p["name"].as_str()).collect();
+    for header in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        assert!(headers.contains(header), "{header} in {headers:?}");
+    }
+    let body = &push["requestBody"]["content"]["application/json"]["schema"]["required"];
+    assert_eq!(body, &serde_json::json!(["event_id", "type", "payload", "created_at"]));
+}

@@ -31,6 +31,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("this route does not accept that method")]
     MethodNotAllowed { allow: &'static str },
+    #[error("no webhook is configured for this organisation: POST /api/webhook/config first")]
+    WebhookNotConfigured,
     #[error("an event with this dedup_id was already accepted")]
     DuplicateEvent { event_id: Uuid, dedup_id: String },
     #[error("the organisation's rate limit is exhausted; retry after the window resets")]
@@ -94,7 +96,7 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::AdminTokenRequired => 401,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::DuplicateEvent { .. } => 409,
+            ApiError::DuplicateEvent { .. } | ApiError::WebhookNotConfigured => 409,
             ApiError::RateLimited { .. } | ApiError::Throttled { .. } => 429,
             ApiError::HeadersTooLarge => 431,
             ApiError::RequestTimeout => 408,
@@ -113,6 +115,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::DuplicateEvent { .. } => "duplicate_event",
+            ApiError::WebhookNotConfigured => "webhook_not_configured",
             ApiError::RateLimited { .. } | ApiError::Throttled { .. } => "rate_limited",
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::RequestTimeout => "request_timeout",

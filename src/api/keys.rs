@@ -111,6 +111,7 @@ pub async fn show(shard: &Shard, request: Request<'_>, response: &mut ResponseBu
         .str("tier", view.tier.name())
         .uint("rate_limit_per_minute", u64::from(view.rate_limit_per_minute))
         .opt_str("webhook_url", view.webhook_url.as_deref())
+        .with("event_types", |out| super::webhooks::write_event_types(out, view.event_types.as_deref()))
         .str("key_prefix", &view.key_prefix)
         .time("created_at", view.created_at_micros)
         .finish();

@@ -4,6 +4,7 @@
 
 mod ack;
 mod auth;
+mod delivery;
 mod error;
 mod events;
 mod health;
@@ -47,6 +48,11 @@ pub const ROUTE_LABELS: &[&str] = &[
     "inbox_lease_ack",
     "inbox_lease_release",
     "events_stream",
+    "event",
+    "events_attempts",
+    "events_redeliver",
+    "webhook_secret_rotate",
+    "webhook_replay",
 ];
 
 /// Every route the service serves. The discriminant indexes `ROUTE_LABELS`.
@@ -68,6 +74,11 @@ pub enum Route {
     InboxLeaseAck,
     InboxLeaseRelease,
     EventsStream,
+    Event,
+    EventAttempts,
+    EventRedeliver,
+    WebhookSecretRotate,
+    WebhookReplay,
 }
 
 /// (path template, route, methods allowed) — the whole routing table, tried in order.
@@ -90,6 +101,11 @@ pub const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/inbox/lease", Route::InboxLease, "POST"),
     ("/api/inbox/lease/{id}/ack", Route::InboxLeaseAck, "POST"),
     ("/api/inbox/lease/{id}/release", Route::InboxLeaseRelease, "POST"),
+    ("/api/events/{id}", Route::Event, "GET, HEAD"),
+    ("/api/events/{id}/attempts", Route::EventAttempts, "GET, HEAD"),
+    ("/api/events/{id}/redeliver", Route::EventRedeliver, "POST"),
+    ("/api/webhook/secret/rotate", Route::WebhookSecretRotate, "POST"),
+    ("/api/webhook/replay", Route::WebhookReplay, "POST"),
 ];
 
 /// A matched route and its `{id}` segment, if the template has one.
@@ -173,6 +189,15 @@ impl Api {
                 leases::release(shard, request, id.unwrap_or_default(), response).await
             }
             Route::EventsStream => stream::read(&self.shard, request, response).await,
+            Route::Event => delivery::get(shard, request, id.unwrap_or_default(), response).await,
+            Route::EventAttempts => {
+                delivery::attempts(shard, request, id.unwrap_or_default(), response).await
+            }
+            Route::EventRedeliver => {
+                delivery::redeliver(shard, request, id.unwrap_or_default(), response).await
+            }
+            Route::WebhookSecretRotate => webhooks::rotate_secret(shard, request, response).await,
+            Route::WebhookReplay => delivery::replay(shard, request, response).await,
         }
     }
 }
@@ -272,6 +297,15 @@ mod tests {
         assert_eq!(matched(Method::Post, "/api/ack/"), Err("not_found"));
         assert_eq!(matched(Method::Get, "/api/events/"), Err("not_found"));
         assert_eq!(matched(Method::Get, "/nope"), Err("not_found"));
+        assert_eq!(matched(Method::Get, "/api/events/abc"), Ok((Route::Event, Some("abc"))));
+        assert_eq!(matched(Method::Get, "/api/events/abc/attempts"), Ok((Route::EventAttempts, Some("abc"))));
+        assert_eq!(
+            matched(Method::Post, "/api/events/abc/redeliver"),
+            Ok((Route::EventRedeliver, Some("abc")))
+        );
+        // Fixed segments win over {id}.
+        assert_eq!(matched(Method::Get, "/api/events/batch"), Err("method_not_allowed"));
+        assert_eq!(matched(Method::Get, "/api/events/stream"), Ok((Route::EventsStream, None)));
         // A held stream read without a body to hold it for: GET only.
         assert_eq!(matched(Method::Head, "/api/events/stream"), Err("method_not_allowed"));
         assert_eq!(matched(Method::Post, "/api/inbox/lease"), Ok((Route::InboxLease, None)));
@@ -299,6 +333,7 @@ mod tests {
                 .replace('/', "_");
             let expected = match expected.as_str() {
                 "ack" if *route == Route::AckBatch => "ack_batch".to_string(),
+                "events" if *route == Route::Event => "event".to_string(),
                 "webhook_config" => "webhook_config".to_string(),
                 other => other.to_string(),
             };

@@ -39,9 +39,10 @@ use crate::util::json::ObjectWriter;
 use crate::util::time::unix_micros;
 use client::WebhookClient;
 use metrics::DeliveryMetrics;
+use schedule::AttemptResult;
 use schedule::{Decision, RetrySchedule};
 use scheduler::{Admission, Limits, Scheduler};
-use store::{Claimed, DeliveryStatements, Record};
+use store::{AttemptLog, Claimed, DeliveryStatements, Record};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -142,6 +143,17 @@ pub fn delivery_body(claimed: &Claimed) -> Vec<u8> {
     body
 }
 
+/// `v1,<signature>`, and while a rotated-out secret still signs, its signature after
+/// a space (Standard Webhooks: a receiver accepts the request if any one verifies).
+fn signature(claimed: &Claimed, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut header = signing::sign(&claimed.signing_secret, id, timestamp, body);
+    if let Some(previous) = &claimed.previous_secret {
+        header.push(' ');
+        header.push_str(&signing::sign(previous, id, timestamp, body));
+    }
+    header
+}
+
 /// The request headers of one attempt, signed over `body` at `timestamp` (s since the epoch).
 fn signed_headers(claimed: &Claimed, body: &[u8], timestamp: i64) -> [(&'static str, String); 7] {
     let id = claimed.id.to_string();
@@ -152,8 +164,20 @@ fn signed_headers(claimed: &Claimed, body: &[u8], timestamp: i64) -> [(&'static 
         ("x-event-type", header_safe(&claimed.event_type)),
         ("webhook-id", id.clone()),
         ("webhook-timestamp", timestamp.to_string()),
-        ("webhook-signature", signing::sign(&claimed.signing_secret, &id, timestamp, body)),
+        ("webhook-signature", signature(claimed, &id, timestamp, body)),
     ]
+}
+
+/// The attempt log row of one attempt: the status when an answer came, the error
+/// unless it was a 2xx.
+fn attempt_log(result: &AttemptResult, attempted_at_micros: i64, elapsed: Duration) -> AttemptLog {
+    let (status_code, error) = match result {
+        AttemptResult::Status { code: code @ 200..=299, .. } => (Some(*code as i16), None),
+        AttemptResult::Status { code, .. } => (Some(*code as i16), Some(format!("HTTP {code}"))),
+        AttemptResult::Error(error) => (None, Some(error.clone())),
+    };
+    let duration_ms = i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX);
+    AttemptLog { attempted_at_micros, status_code, error, duration_ms }
 }
 
 /// What woke the engine's loop.
@@ -348,40 +372,49 @@ impl Engine {
 
     /// One attempt, start to record.
     async fn deliver(&self, claimed: Claimed) {
-        let record = match claimed.webhook_url.as_deref() {
-            None => Record::PushOff,
+        let (record, log) = match claimed.webhook_url.as_deref() {
+            // Nothing is sent: no attempt to log.
+            None => (Record::PushOff, AttemptLog::default()),
             Some(url) => {
                 let body = delivery_body(&claimed);
-                let timestamp = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
+                let attempted_at = SystemTime::now();
+                let timestamp =
+                    attempted_at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
                 let headers = signed_headers(&claimed, &body, timestamp);
                 let started = Instant::now();
                 let result = self.client.post(url, &headers, Bytes::from(body)).await;
-                self.metrics.latency.observe_duration(started.elapsed());
-                match self.config.schedule.decide(claimed.attempts.max(0) as u32, &result, self.jitter()) {
-                    Decision::Delivered => Record::Delivered,
-                    // Rounded up to whole ms: a receiver's Retry-After is a floor.
-                    Decision::Retry { delay, error } => {
-                        Record::Retry { delay_ms: delay.as_nanos().div_ceil(1_000_000) as i64, error }
-                    }
-                    Decision::Failed { error } => Record::Failed { error },
-                    Decision::Gone => Record::Gone,
-                }
+                let elapsed = started.elapsed();
+                self.metrics.attempt(&result, elapsed);
+                let log = attempt_log(&result, unix_micros(attempted_at), elapsed);
+                let record =
+                    match self.config.schedule.decide(claimed.scheduled_attempts(), &result, self.jitter()) {
+                        Decision::Delivered => {
+                            let since_created = now_micros().saturating_sub(claimed.created_at_micros).max(0);
+                            self.metrics.delivered_after(Duration::from_micros(since_created as u64));
+                            Record::Delivered
+                        }
+                        // Rounded up to whole ms: a receiver's Retry-After is a floor.
+                        Decision::Retry { delay, error } => {
+                            Record::Retry { delay_ms: delay.as_nanos().div_ceil(1_000_000) as i64, error }
+                        }
+                        Decision::Failed { error } => Record::Failed { error },
+                        Decision::Gone => Record::Gone,
+                    };
+                (record, log)
             }
         };
         self.metrics.outcome(&record);
         log_attempt(&claimed, &record);
-        self.record(&claimed, &record).await;
+        self.record(&claimed, &record, &log).await;
     }
 
     /// Writes an attempt's outcome. Only the lease's owner may (`store::record` filters
     /// by owner); a lease lost meanwhile means another claim owns the attempt now.
-    async fn record(&self, claimed: &Claimed, record: &Record) {
+    async fn record(&self, claimed: &Claimed, record: &Record, log: &AttemptLog) {
         let written = match self.connection().await {
             Ok(c) => {
-                let (org_id, id) = (claimed.org_id, claimed.id);
-                store::record(&c.client, &c.statements, self.owner, now_micros(), org_id, id, record).await
+                let (org_id, id, owner) = (claimed.org_id, claimed.id, self.owner);
+                store::record(&c.client, &c.statements, owner, now_micros(), org_id, id, record, log).await
             }
             Err(e) => Err(e),
         };
@@ -397,8 +430,8 @@ impl Engine {
 
     async fn refresh_stats(&self) {
         let Ok(c) = self.connection().await else { return };
-        if let Ok((due, oldest_micros)) = store::due_stats(&c.client, &c.statements, now_micros()).await {
-            self.metrics.set_due(due.max(0) as u64, oldest_micros.max(0) as u64);
+        if let Ok(backlog) = store::due_stats(&c.client, &c.statements, now_micros()).await {
+            self.metrics.set_backlog(backlog);
         }
     }
 }
@@ -422,8 +455,10 @@ mod tests {
             payload: r#"{"n": 1.50}"#.into(),
             created_at_micros: 0,
             attempts: 0,
+            retry_from: 0,
             webhook_url: None,
             signing_secret: String::new(),
+            previous_secret: None,
         };
         assert_eq!(
             String::from_utf8(delivery_body(&claimed)).unwrap(),

@@ -10,6 +10,9 @@
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
+use super::metrics::Backlog;
+use crate::handoff::commands::ATTEMPTS_KEPT;
+
 const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
 
 /// An attempt this process holds the lease for.
@@ -23,9 +26,32 @@ pub struct Claimed {
     pub created_at_micros: i64,
     /// Attempts made before this one.
     pub attempts: i32,
+    /// Attempts made before the event was last redelivered or replayed: the retry
+    /// schedule counts from there.
+    pub retry_from: i32,
     /// `None` when push was switched off since the event was stored.
     pub webhook_url: Option<String>,
     pub signing_secret: String,
+    /// The secret a rotation replaced, while it still signs (24 h).
+    pub previous_secret: Option<String>,
+}
+
+impl Claimed {
+    /// Attempts made since the event was (re)scheduled, as the retry schedule counts.
+    pub fn scheduled_attempts(&self) -> u32 {
+        (self.attempts - self.retry_from).max(0) as u32
+    }
+}
+
+/// What one attempt did, for the attempt log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptLog {
+    pub attempted_at_micros: i64,
+    /// `None` when no HTTP answer came.
+    pub status_code: Option<i16>,
+    /// `None` on a 2xx.
+    pub error: Option<String>,
+    pub duration_ms: i32,
 }
 
 /// What to write after an attempt.
@@ -52,7 +78,8 @@ pub struct DeliveryStatements {
     delivered: Statement,
     retry: Statement,
     failed: Statement,
-    stop_push: Statement,
+    gone: Statement,
+    push_off: Statement,
     switch_off: Statement,
     due_stats: Statement,
 }
@@ -65,7 +92,9 @@ fn claim_sql(due: &str) -> String {
          WHERE e.org_id = due.org_id AND e.id = due.id AND o.org_id = e.org_id
          RETURNING e.org_id, e.id, e.type, e.payload::text,
                    (extract(epoch FROM e.created_at) * 1000000)::int8, e.attempts,
-                   o.webhook_url, o.signing_secret"
+                   o.webhook_url, o.signing_secret,
+                   CASE WHEN o.previous_secret_expires_at > {NOW} THEN o.previous_signing_secret END,
+                   e.retry_from"
     )
 }
 
@@ -76,6 +105,25 @@ fn only_owner(set: &str) -> String {
     format!(
         "UPDATE events SET {set}, lease_owner = NULL, lease_until = NULL
          WHERE org_id = $3 AND id = $4 AND lease_owner = $1 AND $2::int8 IS NOT NULL"
+    )
+}
+
+/// An outcome written together with its attempt's log row, in one statement: $5 when
+/// the attempt started (µs), $6 the status code, $7 the error, $8 the duration (ms);
+/// the outcome's own parameters follow from $9. Attempt n takes slot n % 50, so the
+/// last 50 are kept.
+fn logged(set: &str) -> String {
+    format!(
+        "WITH recorded AS ({} RETURNING org_id, id, attempts)
+         INSERT INTO delivery_attempts AS a
+             (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
+         SELECT org_id, id, attempts % {ATTEMPTS_KEPT}, attempts,
+                timestamptz 'epoch' + $5::int8 * interval '1 microsecond', $6::int2, $7::text, $8::int4
+         FROM recorded
+         ON CONFLICT (org_id, event_id, slot) DO UPDATE
+             SET attempt = excluded.attempt, attempted_at = excluded.attempted_at,
+                 status_code = excluded.status_code, error = excluded.error, duration_ms = excluded.duration_ms",
+        only_owner(set)
     )
 }
 
@@ -111,35 +159,46 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                 )
                 .await?,
             delivered: client
-                .prepare(&only_owner(&format!(
+                .prepare(&logged(&format!(
                     "status = 'delivered', delivered_at = coalesce(delivered_at, {NOW}), attempts = attempts + 1,
                      next_attempt_at = NULL, last_error = NULL"
                 )))
                 .await?,
             retry: client
-                .prepare(&only_owner(&format!(
-                    "attempts = attempts + 1, last_error = $6,
+                .prepare(&logged(&format!(
+                    "attempts = attempts + 1, last_error = $10,
                      next_attempt_at = CASE WHEN status = 'delivered' THEN NULL
-                                            ELSE {NOW} + $5::int8 * interval '1 millisecond' END"
+                                            ELSE {NOW} + $9::int8 * interval '1 millisecond' END"
                 )))
                 .await?,
             failed: client
-                .prepare(&only_owner(
+                .prepare(&logged(
                     "status = CASE WHEN status = 'delivered' THEN status ELSE 'failed' END,
-                     attempts = attempts + 1, last_error = $5, next_attempt_at = NULL",
+                     attempts = attempts + 1, last_error = $9, next_attempt_at = NULL",
                 ))
                 .await?,
-            stop_push: client
-                .prepare(&only_owner(
-                    "attempts = attempts + $5::int4, last_error = coalesce($6, last_error), next_attempt_at = NULL",
+            gone: client
+                .prepare(&logged(
+                    "attempts = attempts + 1, last_error = $9::text, next_attempt_at = NULL",
                 ))
                 .await?,
+            push_off: client.prepare(&only_owner("next_attempt_at = NULL")).await?,
             switch_off: client.prepare(crate::storage::queries::SWITCH_OFF_SQL).await?,
+            // Per organisation, then summed: the totals, the largest, and how many
+            // organisations have at most 1, 10, … 100 000 due (a fixed set of series).
             due_stats: client
                 .prepare(&format!(
-                    "SELECT count(*), (min(next_attempt_at) IS NOT NULL),
-                            coalesce((extract(epoch FROM {NOW} - min(next_attempt_at)) * 1000000)::int8, 0)
-                     FROM events WHERE next_attempt_at <= {NOW} AND $1::int4 IS NOT NULL"
+                    "WITH per_org AS (
+                         SELECT org_id, count(*) AS n, min(next_attempt_at) AS oldest FROM events
+                         WHERE next_attempt_at <= {NOW} AND $1::int4 IS NOT NULL GROUP BY org_id)
+                     SELECT coalesce(sum(n), 0)::int8,
+                            coalesce((extract(epoch FROM {NOW} - min(oldest)) * 1000000)::int8, 0),
+                            coalesce(max(n), 0)::int8,
+                            count(*) FILTER (WHERE n <= 1), count(*) FILTER (WHERE n <= 10),
+                            count(*) FILTER (WHERE n <= 100), count(*) FILTER (WHERE n <= 1000),
+                            count(*) FILTER (WHERE n <= 10000), count(*) FILTER (WHERE n <= 100000),
+                            count(*)
+                     FROM per_org"
                 ))
                 .await?,
         })
@@ -158,6 +217,8 @@ fn rows_to_claimed(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Claimed>, tokio
                 attempts: row.try_get(5)?,
                 webhook_url: row.try_get(6)?,
                 signing_secret: row.try_get(7)?,
+                previous_secret: row.try_get(8)?,
+                retry_from: row.try_get(9)?,
             })
         })
         .collect()
@@ -208,7 +269,13 @@ pub async fn release(
     client.execute(&statements.release, &[&owner, &org_id, &id]).await.map(drop)
 }
 
-/// Writes an attempt's outcome if `owner` still holds the lease; `false` if not.
+/// The message of a 410: push is switched off for the organisation.
+pub const GONE_ERROR: &str = "HTTP 410 Gone: push switched off for the organisation";
+
+/// Writes an attempt's outcome and its log row (`attempt`) if `owner` still holds the
+/// lease; `false` if not. `Record::PushOff` only takes the event off the schedule:
+/// nothing was sent, so `attempt` is not written.
+#[allow(clippy::too_many_arguments)]
 pub async fn record(
     client: &Client,
     statements: &DeliveryStatements,
@@ -217,40 +284,57 @@ pub async fn record(
     org_id: Uuid,
     id: Uuid,
     outcome: &Record,
+    attempt: &AttemptLog,
 ) -> Result<bool, tokio_postgres::Error> {
-    let key: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&owner, &now_micros, &org_id, &id];
-    let updated = match outcome {
-        Record::Delivered => client.execute(&statements.delivered, &key).await?,
+    type Parameter<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let key: [Parameter<'_>; 4] = [&owner, &now_micros, &org_id, &id];
+    let mut parameters: Vec<Parameter<'_>> = key.to_vec();
+    parameters.extend([
+        &attempt.attempted_at_micros as Parameter<'_>,
+        &attempt.status_code,
+        &attempt.error,
+        &attempt.duration_ms,
+    ]);
+    let statement = match outcome {
+        Record::PushOff => {
+            parameters.truncate(4);
+            &statements.push_off
+        }
+        Record::Delivered => &statements.delivered,
         Record::Retry { delay_ms, error } => {
-            client.execute(&statements.retry, &[key[0], key[1], key[2], key[3], delay_ms, error]).await?
+            parameters.extend([delay_ms as Parameter<'_>, error]);
+            &statements.retry
         }
         Record::Failed { error } => {
-            client.execute(&statements.failed, &[key[0], key[1], key[2], key[3], error]).await?
+            parameters.push(error);
+            &statements.failed
         }
         Record::Gone => {
-            let error = Some("HTTP 410 Gone: push switched off for the organisation");
-            let updated = client
-                .execute(&statements.stop_push, &[key[0], key[1], key[2], key[3], &1i32, &error])
-                .await?;
-            client.execute(&statements.switch_off, &[&org_id]).await?;
-            updated
-        }
-        Record::PushOff => {
-            let error: Option<&str> = None;
-            client.execute(&statements.stop_push, &[key[0], key[1], key[2], key[3], &0i32, &error]).await?
+            parameters.push(&GONE_ERROR);
+            &statements.gone
         }
     };
+    let updated = client.execute(statement, &parameters).await?;
+    if *outcome == Record::Gone {
+        client.execute(&statements.switch_off, &[&org_id]).await?;
+    }
     // The key is the primary key and the owner filter is in the WHERE: one row or none.
     debug_assert!(updated <= 1, "an outcome updated {updated} rows");
     Ok(updated == 1)
 }
 
-/// (due attempts, age of the oldest in µs) at `now`.
+/// The due attempts at `now`: how many, the oldest's age, and by organisation.
 pub async fn due_stats(
     client: &Client,
     statements: &DeliveryStatements,
     now_micros: i64,
-) -> Result<(i64, i64), tokio_postgres::Error> {
+) -> Result<Backlog, tokio_postgres::Error> {
     let row = client.query_one(&statements.due_stats, &[&0i32, &now_micros]).await?;
-    Ok((row.try_get(0)?, row.try_get(2)?))
+    let count =
+        |i: usize| -> Result<u64, tokio_postgres::Error> { Ok(row.try_get::<_, i64>(i)?.max(0) as u64) };
+    let mut organizations = [0u64; 7];
+    for (i, slot) in organizations.iter_mut().enumerate() {
+        *slot = count(3 + i)?;
+    }
+    Ok(Backlog { due: count(0)?, oldest_due_micros: count(1)?, largest: count(2)?, organizations })
 }

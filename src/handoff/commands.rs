@@ -130,7 +130,42 @@ pub enum Command {
     SetWebhook {
         org_id: Uuid,
         url: Option<String>,
+        /// `None`: every type is pushed.
+        event_types: Option<Vec<String>>,
         reply: Reply<Option<WebhookConfig>>,
+    },
+    /// Makes `secret` the signing secret; the one it replaces signs too until the
+    /// answered time (µs), or `None` if the organisation is gone.
+    RotateSecret {
+        org_id: Uuid,
+        secret: String,
+        reply: Reply<Option<i64>>,
+    },
+    /// One event of the organisation.
+    GetEvent {
+        org_id: Uuid,
+        id: Uuid,
+        reply: Reply<Option<InboxEvent>>,
+    },
+    /// The event's delivery attempts, oldest first; `None` when the event is unknown.
+    Attempts {
+        org_id: Uuid,
+        id: Uuid,
+        reply: Reply<Option<Vec<Attempt>>>,
+    },
+    /// Schedules the event to be pushed again now.
+    Redeliver {
+        org_id: Uuid,
+        id: Uuid,
+        reply: Reply<Redelivery>,
+    },
+    /// Schedules the organisation's events created at or after `since_micros`
+    /// (`failed` ones, or all), oldest first, at most `REPLAY_MAX`.
+    Replay {
+        org_id: Uuid,
+        since_micros: i64,
+        all: bool,
+        reply: Reply<Replay>,
     },
     GetWebhook {
         org_id: Uuid,
@@ -247,6 +282,47 @@ pub struct WebhookConfig {
     pub url: Option<String>,
     pub signing_secret: String,
     pub updated_at_micros: i64,
+    /// `None`: every type is pushed.
+    pub event_types: Option<Vec<String>>,
+}
+
+/// One recorded delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the event's first attempt.
+    pub attempt: i32,
+    pub attempted_at_micros: i64,
+    /// `None` when no HTTP answer came.
+    pub status_code: Option<i16>,
+    /// `None` on a 2xx.
+    pub error: Option<String>,
+    pub duration_ms: i32,
+}
+
+/// Attempts kept per event (the oldest go first).
+pub const ATTEMPTS_KEPT: i32 = 50;
+
+/// What a redelivery request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    Scheduled,
+    NotFound,
+    /// The organisation has no webhook: nothing to push to.
+    NoWebhook,
+}
+
+/// Events one replay call schedules at most.
+pub const REPLAY_MAX: i64 = 10_000;
+
+/// What a replay call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    Scheduled {
+        count: i64,
+        /// Where the next call starts when more events matched (µs), else `None`.
+        next_since_micros: Option<i64>,
+    },
+    NoWebhook,
 }
 
 /// Leases an event may have without an acknowledgement before it is set aside as

@@ -67,6 +67,8 @@ pub struct OrgView {
     pub tier: Tier,
     pub rate_limit_per_minute: u32,
     pub webhook_url: Option<String>,
+    /// Types pushed to the webhook; `None`: every type.
+    pub event_types: Option<Vec<String>>,
     pub key_prefix: String,
     pub created_at_micros: i64,
 }

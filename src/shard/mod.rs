@@ -46,6 +46,9 @@ pub struct ShardSettings {
 const THROTTLE_ENTRIES_MAX: usize = 65_536;
 /// Key rotations per organisation per minute on a core: each costs an Argon2 hash.
 pub const ROTATIONS_PER_ORG_MAX: u32 = 10;
+/// Signing-secret rotations and replays per organisation per minute on a core: a
+/// replay rewrites up to 10 000 rows on the shared read lane.
+pub const DELIVERY_CONTROLS_PER_ORG_MAX: u32 = 30;
 
 /// This core's fairness counters (`auth::throttle`).
 struct Throttles {
@@ -53,6 +56,7 @@ struct Throttles {
     key_failures_by_address: Throttle<u128>,
     signups_by_address: Throttle<u128>,
     rotations_by_org: Throttle<Uuid>,
+    delivery_controls_by_org: Throttle<Uuid>,
 }
 
 /// Shared resources a core is built from (all `Send`, cloned into each core thread).
@@ -123,6 +127,7 @@ impl Shard {
             ),
             signups_by_address: Throttle::new(settings.signups_per_address_max, THROTTLE_ENTRIES_MAX),
             rotations_by_org: Throttle::new(ROTATIONS_PER_ORG_MAX, THROTTLE_ENTRIES_MAX),
+            delivery_controls_by_org: Throttle::new(DELIVERY_CONTROLS_PER_ORG_MAX, THROTTLE_ENTRIES_MAX),
         };
         Shard {
             core,
@@ -185,6 +190,11 @@ impl Shard {
     /// Counts a key rotation of `org_id`.
     pub fn admit_rotation(&self, org_id: Uuid, now_ms: u64) -> Result<(), Refused> {
         self.throttles.borrow_mut().rotations_by_org.take(org_id, now_ms)
+    }
+
+    /// Counts a signing-secret rotation or a replay of `org_id`.
+    pub fn admit_delivery_control(&self, org_id: Uuid, now_ms: u64) -> Result<(), Refused> {
+        self.throttles.borrow_mut().delivery_controls_by_org.take(org_id, now_ms)
     }
 
     /// Takes a page slot, `None` when all are in use (answer 503).

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::queries::micros;
 use super::{Lane, Storage, StorageError};
-use crate::handoff::commands::{InboxEvent, Lease, LEASES_MAX};
+use crate::handoff::commands::{Lease, LEASES_MAX};
 
 /// What a poisoned event's `last_error` says.
 const POISON_ERROR: &str = "leased 5 times without an acknowledgement: set aside as poison";
@@ -117,19 +117,7 @@ impl Storage {
         let mut expires_at_micros = crate::util::time::now_micros() + lease_seconds * 1_000_000;
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            events.push(InboxEvent {
-                id: row.try_get("id")?,
-                event_type: row.try_get("type")?,
-                payload: row.try_get("payload")?,
-                dedup_id: row.try_get("dedup_id")?,
-                status: row.try_get("status")?,
-                attempts: row.try_get("attempts")?,
-                created_at_micros: row.try_get("created_us")?,
-                delivered_at_micros: row.try_get("delivered_us")?,
-                last_error: row.try_get("last_error")?,
-                leases: row.try_get("leases")?,
-                page_bytes: 0,
-            });
+            events.push(super::queries::inbox_event(row)?);
             expires_at_micros = row.try_get("expires_us")?;
         }
         debug_assert!(events.len() as i64 <= limit);

@@ -48,6 +48,7 @@ pub struct Statements {
     stop_deliveries: Statement,
     pub(super) leases: super::leases::LeaseStatements,
     pub(super) stream: super::stream::StreamStatements,
+    pub(super) control: super::control::ControlStatements,
 }
 
 /// The SQL of the inbox page query for a view (public so a test can EXPLAIN it).
@@ -62,6 +63,36 @@ pub fn inbox_view_sql(view: InboxView) -> String {
         InboxView::Delivered => inbox_sql("AND status = 'delivered'"),
         InboxView::All => inbox_sql(""),
     }
+}
+
+/// An inbox event object from a row with the columns of `EVENT_COLUMNS` (by name),
+/// and the page's running size when the row has `running`.
+pub(super) fn inbox_event(row: &tokio_postgres::Row) -> Result<InboxEvent, tokio_postgres::Error> {
+    let sized = row.columns().iter().any(|column| column.name() == "running");
+    Ok(InboxEvent {
+        id: row.try_get("id")?,
+        event_type: row.try_get("type")?,
+        payload: row.try_get("payload")?,
+        dedup_id: row.try_get("dedup_id")?,
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        created_at_micros: row.try_get("created_us")?,
+        delivered_at_micros: row.try_get("delivered_us")?,
+        last_error: row.try_get("last_error")?,
+        leases: row.try_get("leases")?,
+        page_bytes: if sized { row.try_get("running")? } else { 0 },
+    })
+}
+
+/// The columns of an inbox event object, as `inbox_event` reads them (of `events`
+/// aliased `e`).
+pub(super) fn event_columns() -> String {
+    format!(
+        "e.id, e.type, e.payload::text AS payload, e.dedup_id, e.status, e.attempts, {} AS created_us,
+         {} AS delivered_us, e.last_error, e.leases",
+        micros("e.created_at"),
+        micros("e.delivered_at")
+    )
 }
 
 /// Bytes an event's fields other than its texts take in a page, at most: id, status,
@@ -144,7 +175,7 @@ impl super::pg::PrepareStatements for Statements {
                 .prepare(&format!(
                     "SELECT o.name, o.tier, o.rate_limit_per_minute, o.webhook_url, {},
                             (SELECT k.key_prefix FROM api_keys k WHERE k.org_id = o.org_id
-                             ORDER BY k.created_at DESC LIMIT 1)
+                             ORDER BY k.created_at DESC LIMIT 1), o.event_types
                      FROM organizations o WHERE o.org_id = $1",
                     micros("o.created_at")
                 ))
@@ -180,20 +211,22 @@ impl super::pg::PrepareStatements for Statements {
                 .await?,
             set_webhook: client
                 .prepare(&format!(
-                    "UPDATE organizations SET webhook_url = $2, updated_at = now() WHERE org_id = $1
-                     RETURNING webhook_url, signing_secret, {}",
+                    "UPDATE organizations SET webhook_url = $2, event_types = $3, updated_at = now()
+                     WHERE org_id = $1
+                     RETURNING webhook_url, signing_secret, {}, event_types",
                     micros("updated_at")
                 ))
                 .await?,
             get_webhook: client
                 .prepare(&format!(
-                    "SELECT webhook_url, signing_secret, {} FROM organizations WHERE org_id = $1",
+                    "SELECT webhook_url, signing_secret, {}, event_types FROM organizations WHERE org_id = $1",
                     micros("updated_at")
                 ))
                 .await?,
             stop_deliveries: client.prepare(SWITCH_OFF_SQL).await?,
             leases: super::leases::prepare(client).await?,
             stream: super::stream::prepare(client).await?,
+            control: super::control::prepare(client).await?,
         })
     }
 }
@@ -203,6 +236,7 @@ fn webhook_config(row: &tokio_postgres::Row) -> Result<WebhookConfig, StorageErr
         url: row.try_get(0)?,
         signing_secret: row.try_get(1)?,
         updated_at_micros: row.try_get(2)?,
+        event_types: row.try_get(3)?,
     })
 }
 
@@ -246,8 +280,9 @@ impl Storage {
                 let _ =
                     reply.send(self.lease_release(org_id, lease_id, ids).await.map_err(CommandError::from));
             }
-            Command::SetWebhook { org_id, url, reply } => {
-                let _ = reply.send(self.set_webhook(org_id, url).await.map_err(CommandError::from));
+            Command::SetWebhook { org_id, url, event_types, reply } => {
+                let _ =
+                    reply.send(self.set_webhook(org_id, url, event_types).await.map_err(CommandError::from));
             }
             Command::GetWebhook { org_id, reply } => {
                 let _ = reply.send(self.get_webhook(org_id).await.map_err(CommandError::from));
@@ -257,6 +292,21 @@ impl Storage {
             }
             Command::Horizon { reply } => {
                 let _ = reply.send(self.horizon().await.map_err(CommandError::from));
+            }
+            Command::RotateSecret { org_id, secret, reply } => {
+                let _ = reply.send(self.rotate_secret(org_id, secret).await.map_err(CommandError::from));
+            }
+            Command::GetEvent { org_id, id, reply } => {
+                let _ = reply.send(self.get_event(org_id, id).await.map_err(CommandError::from));
+            }
+            Command::Attempts { org_id, id, reply } => {
+                let _ = reply.send(self.attempts(org_id, id).await.map_err(CommandError::from));
+            }
+            Command::Redeliver { org_id, id, reply } => {
+                let _ = reply.send(self.redeliver(org_id, id).await.map_err(CommandError::from));
+            }
+            Command::Replay { org_id, since_micros, all, reply } => {
+                let _ = reply.send(self.replay(org_id, since_micros, all).await.map_err(CommandError::from));
             }
         }
     }
@@ -283,23 +333,7 @@ impl Storage {
                 connection.client.query(&statements.inbox_undelivered, &parameters).await?
             }
         };
-        rows.iter()
-            .map(|row| {
-                Ok(InboxEvent {
-                    id: row.try_get(0)?,
-                    event_type: row.try_get(1)?,
-                    payload: row.try_get(2)?,
-                    dedup_id: row.try_get(3)?,
-                    status: row.try_get(4)?,
-                    attempts: row.try_get(5)?,
-                    created_at_micros: row.try_get(6)?,
-                    delivered_at_micros: row.try_get(7)?,
-                    last_error: row.try_get(8)?,
-                    leases: row.try_get(9)?,
-                    page_bytes: row.try_get(10)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| Ok(inbox_event(row)?)).collect()
     }
 
     async fn ack_one(&self, org_id: Uuid, id: Uuid) -> Result<Option<i64>, StorageError> {
@@ -334,13 +368,17 @@ impl Storage {
         &self,
         org_id: Uuid,
         url: Option<String>,
+        event_types: Option<Vec<String>>,
     ) -> Result<Option<WebhookConfig>, StorageError> {
         let connection = self.commands(Lane::Reads).await?;
         if url.is_none() {
             // Pending deliveries stop being due: push is off, the events wait for pull.
             connection.client.execute(&connection.statements.stop_deliveries, &[&org_id]).await?;
         }
-        let row = connection.client.query_opt(&connection.statements.set_webhook, &[&org_id, &url]).await?;
+        let row = connection
+            .client
+            .query_opt(&connection.statements.set_webhook, &[&org_id, &url, &event_types])
+            .await?;
         row.as_ref().map(webhook_config).transpose()
     }
 
@@ -458,6 +496,7 @@ impl Storage {
             webhook_url: row.try_get(3)?,
             created_at_micros: row.try_get(4)?,
             key_prefix: row.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
+            event_types: row.try_get(6)?,
         }))
     }
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::util::time::{civil_from_days, days_from_civil};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
-/// Claims deleted per statement.
+/// Dedup claims (or attempt log rows) deleted per statement.
 const DEDUP_DELETE_BATCH: i64 = 10_000;
 
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +40,8 @@ pub struct Report {
     pub kept: Vec<String>,
     pub dedup_claims_deleted: u64,
     pub consumer_leases_deleted: u64,
+    /// Attempt log rows of events in dropped partitions.
+    pub attempts_deleted: u64,
 }
 
 pub fn partition_name(day: i64) -> String {
@@ -85,6 +87,11 @@ pub async fn maintain(
     create_ahead(client, today, config.ahead_days, &existing, &mut report).await?;
     drop_expired(client, today - i64::from(config.retention_days), &existing, &mut report).await?;
     report.dedup_claims_deleted = delete_expired_claims(client, now_micros).await?;
+    let oldest_kept_day =
+        existing.iter().filter(|name| !report.dropped.contains(name)).filter_map(|name| day_of(name)).min();
+    if let Some(day) = oldest_kept_day {
+        report.attempts_deleted = delete_attempts_before(client, uuid_at_day(day)).await?;
+    }
     // A lease's row only matters while it lives (acks and releases check it); a day
     // later it goes.
     report.consumer_leases_deleted = client
@@ -147,6 +154,25 @@ async fn drop_expired(
         report.dropped.push(name.clone());
     }
     Ok(())
+}
+
+/// Deletes the attempt log rows of events below `bound` (the oldest partition left:
+/// their events are gone), in bounded batches.
+async fn delete_attempts_before(client: &Client, bound: Uuid) -> Result<u64, tokio_postgres::Error> {
+    let mut deleted_total = 0;
+    loop {
+        let deleted = client
+            .execute(
+                "DELETE FROM delivery_attempts WHERE ctid IN (
+                    SELECT ctid FROM delivery_attempts WHERE event_id < $1 LIMIT $2)",
+                &[&bound, &DEDUP_DELETE_BATCH],
+            )
+            .await?;
+        deleted_total += deleted;
+        if (deleted as i64) < DEDUP_DELETE_BATCH {
+            return Ok(deleted_total);
+        }
+    }
 }
 
 /// Deletes dedup claims older than the 24 h window (plus an hour), in bounded batches.

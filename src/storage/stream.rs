@@ -67,20 +67,8 @@ pub async fn prepare(client: &Client) -> Result<StreamStatements, tokio_postgres
 }
 
 fn event_of(row: &Row) -> Result<(Position, InboxEvent, i64), tokio_postgres::Error> {
-    let event = InboxEvent {
-        id: row.try_get(0)?,
-        event_type: row.try_get(1)?,
-        payload: row.try_get(2)?,
-        dedup_id: row.try_get(3)?,
-        status: row.try_get(4)?,
-        attempts: row.try_get(5)?,
-        created_at_micros: row.try_get(6)?,
-        delivered_at_micros: row.try_get(7)?,
-        last_error: row.try_get(8)?,
-        leases: row.try_get(9)?,
-        page_bytes: row.try_get(11)?,
-    };
-    Ok((Position { xid: row.try_get(10)?, id: event.id }, event, row.try_get(11)?))
+    let event = super::queries::inbox_event(row)?;
+    Ok((Position { xid: row.try_get("xid_n")?, id: event.id }, event, row.try_get("running")?))
 }
 
 impl Storage {

@@ -100,6 +100,69 @@ pub fn rfc3339_micros(micros: i64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Parses an RFC 3339 date-time (`2026-12-02T14:00:00Z`, `…T14:00:00.5+01:00`; `t`/`z`
+/// and a space for `T` accepted) to µs since the epoch. Digits beyond microseconds
+/// are cut. `None` for anything else, including impossible dates and offsets.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let digits = b.get(range)?;
+        digits
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let separators_ok = b.get(4) == Some(&b'-')
+        && b.get(7) == Some(&b'-')
+        && matches!(b.get(10), Some(b'T' | b't' | b' '))
+        && b.get(13) == Some(&b':')
+        && b.get(16) == Some(&b':');
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !separators_ok || day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut micros = 0i64;
+    if b.get(at) == Some(&b'.') {
+        let digits = b[at + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        for (i, digit) in b[at + 1..at + 1 + digits].iter().take(6).enumerate() {
+            micros += i64::from(digit - b'0') * 10i64.pow(5 - i as u32);
+        }
+        at += 1 + digits;
+    }
+    let offset_secs = match b.get(at..)? {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), ..] if b.len() == at + 6 && b[at + 3] == b':' => {
+            let (hours, minutes) = (number(at + 1..at + 3)?, number(at + 4..at + 6)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let offset = i64::from(hours * 3600 + minutes * 60);
+            if *sign == b'+' {
+                offset
+            } else {
+                -offset
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(i64::from(year), month, day);
+    // A leap second (:60) counts as the next second's start.
+    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_secs;
+    Some(secs * 1_000_000 + micros)
+}
+
 /// Month names of HTTP-dates, January first.
 const MONTHS: [&[u8; 3]; 12] =
     [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
@@ -240,6 +303,34 @@ fn second_of_day(text: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_parses_what_it_writes_and_offsets() {
+        for micros in [0, 1_764_684_000_123_456, 951_782_400_000_000] {
+            assert_eq!(parse_rfc3339(&rfc3339_micros(micros)), Some(micros));
+        }
+        let utc = parse_rfc3339("2026-12-02T14:00:00Z").unwrap();
+        assert_eq!(parse_rfc3339("2026-12-02T15:30:00+01:30"), Some(utc));
+        assert_eq!(parse_rfc3339("2026-12-02t13:00:00-01:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2026-12-02 14:00:00.5z"), Some(utc + 500_000));
+        assert_eq!(parse_rfc3339("2026-12-02T14:00:00.1234567Z"), Some(utc + 123_456), "beyond µs cut");
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z").map(|m| m % 86_400_000_000), Some(0));
+        for bad in [
+            "",
+            "2026-12-02",
+            "2026-12-02T14:00:00",
+            "2026-13-02T14:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2026-12-02T24:00:00Z",
+            "2026-12-02T14:00:00.Z",
+            "2026-12-02T14:00:00+1:00",
+            "2026-12-02T14:00:00+01:00x",
+            "2026-12-02T14:00:00ZZ",
+            "２026-12-02T14:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -51,7 +51,8 @@ claimed AS (
 inserted AS (
     INSERT INTO events (org_id, id, type, payload, dedup_id, created_at, next_attempt_at)
     SELECT i.org_id, i.id, i.type, i.body::jsonb -> 'payload', i.dedup_id, i.created_at,
-           CASE WHEN o.webhook_url IS NOT NULL THEN i.created_at END
+           CASE WHEN o.webhook_url IS NOT NULL AND triggerd_type_matches(o.event_types, i.type)
+                THEN i.created_at END
     FROM input i LEFT JOIN organizations o ON o.org_id = i.org_id
     WHERE i.dedup_id IS NULL OR i.id IN (SELECT event_id FROM claimed)
     ON CONFLICT DO NOTHING
