@@ -428,3 +428,29 @@ fn two_instances_push_each_replayed_event_once() {
         "no attempt beyond one per event"
     );
 }
+
+#[test]
+fn redelivery_during_an_attempt_in_flight_pushes_again() {
+    let database = FreshDatabase::new();
+    // The first request is never answered; later ones are.
+    let receiver = Receiver::start(|n| if n == 0 { Reply::Hang } else { Reply::Status(200) });
+    let server = Server::start_on(
+        &database.url,
+        &flags(&["--webhook-timeout-ms", "30000", "--delivery-lease-ms", "60000"]),
+    );
+    let org = server.generate("inflight", "pro");
+    configure(&server, &org, json!({"webhook_url": receiver.url()}));
+    let id = post(&server, &org, "t");
+    receiver.next(WAIT);
+    // The hanging attempt holds its lease; the redelivery asked for a push after it.
+    assert_eq!(
+        server.request("POST", &format!("/api/events/{id}/redeliver"), &org.headers(), None).status,
+        202
+    );
+    assert_eq!(
+        receiver.next(WAIT).header("webhook-id"),
+        id,
+        "pushed again without waiting for the first attempt"
+    );
+    eventually(WAIT, "delivered by the new attempt", || event(&server, &org, &id)["status"] == "delivered");
+}

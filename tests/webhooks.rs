@@ -121,7 +121,10 @@ fn a_permanently_failing_receiver_ends_failed_with_the_last_error() {
     // Each gap at least its step of the schedule (less a little for clock grain); not
     // "each longer than the last", which a loaded machine's late first retry breaks.
     let floors = [90, 180, 360].map(Duration::from_millis);
-    assert!(gaps.iter().zip(floors).all(|(gap, floor)| *gap >= floor), "gaps at least the schedule's: {gaps:?}");
+    assert!(
+        gaps.iter().zip(floors).all(|(gap, floor)| *gap >= floor),
+        "gaps at least the schedule's: {gaps:?}"
+    );
     eventually(WAIT, "the event is failed", || state(&database, &id).0 == "failed");
     let (_, attempts_made, retry, error) = state(&database, &id);
     assert_eq!((attempts_made, retry), (4, false));

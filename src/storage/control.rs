@@ -24,9 +24,12 @@ pub struct ControlStatements {
 }
 
 /// Makes an event due now with a fresh retry schedule; it is `pending` until that
-/// attempt ends.
+/// attempt ends. An attempt in flight loses its lease: its outcome would otherwise take
+/// the event off the schedule again (the request asked for a push after it), so it is
+/// not recorded and the new attempt follows.
 const RESCHEDULE: &str =
-    "status = 'pending', delivered_at = NULL, next_attempt_at = now(), retry_from = e.attempts";
+    "status = 'pending', delivered_at = NULL, next_attempt_at = now(), retry_from = e.attempts,
+     lease_owner = NULL, lease_until = NULL";
 
 /// Parameters: $1 org, $2 since (µs), $3 how many at most. Candidates are read in id
 /// order (which is creation order) from `since` on, one more than the page to know
