@@ -6,7 +6,9 @@
 //! (serde_json), and `parse_json`/`validate_event` against the gate. Then a differential
 //! check of the span finder against serde_json: for every body the gate passes and
 //! serde_json reads as a `{"events": [...]}` object, the span finder finds exactly as
-//! many entries and each span is one valid JSON value. (simd-json alone accepts some invalid bodies, a NUL
+//! many entries and each span is one valid JSON value; and of the member span finder
+//! (`util::json::span`): every top-level member of a gated object is found, its span
+//! one JSON value equal to serde_json's. (simd-json alone accepts some invalid bodies, a NUL
 //! after an atom or junk after a long number; the gate refuses them before it parses.)
 #![no_main]
 
@@ -16,6 +18,7 @@ use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use triggerd::ingest::batch::array_element_spans;
+use triggerd::util::json::span::member_span;
 use triggerd::util::json::JsonScratch;
 
 fuzz_target!(|data: &[u8]| common::on_core_stack(check, data));
@@ -35,6 +38,15 @@ fn check(data: &[u8]) {
     let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
+    // The member span finder (which carries an event's payload text to PostgreSQL)
+    // agrees with serde_json on every top-level member of every gated object.
+    // (It compares names to ASCII targets, as the service asks only for "payload".)
+    for (name, value) in object.iter().filter(|(name, _)| name.is_ascii()) {
+        let span = member_span(data, name).unwrap_or_else(|| panic!("member {name:?} found"));
+        let found: serde_json::Value =
+            serde_json::from_slice(&data[span]).expect("a member span is one JSON value");
+        assert_eq!(&found, value, "the span of {name:?} is its value");
+    }
     if object.len() != 1 {
         return;
     }

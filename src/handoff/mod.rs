@@ -29,9 +29,9 @@ pub struct EventRecord {
     pub org_id: Uuid,
     /// The `type` field, unescaped.
     pub event_type: String,
-    /// The whole request body as received; PostgreSQL extracts `payload` from it as
-    /// `jsonb`, so numbers keep their exact text.
-    pub body: String,
+    /// The payload's exact text as received (PostgreSQL reads it as `jsonb`, so
+    /// numbers keep every digit).
+    pub payload: String,
     pub dedup_id: Option<String>,
     pub created_at_micros: i64,
     /// Ticket slot on the submitting core, where the outcome is delivered.
@@ -41,7 +41,7 @@ pub struct EventRecord {
 impl EventRecord {
     /// Approximate bytes this record makes the storage core send.
     pub fn wire_bytes(&self) -> usize {
-        64 + self.event_type.len() + self.body.len() + self.dedup_id.as_ref().map_or(0, String::len)
+        64 + self.event_type.len() + self.payload.len() + self.dedup_id.as_ref().map_or(0, String::len)
     }
 }
 
@@ -257,7 +257,7 @@ mod tests {
             id: Uuid::nil(),
             org_id: Uuid::nil(),
             event_type: "t".into(),
-            body: "{}".into(),
+            payload: "{}".into(),
             dedup_id: None,
             created_at_micros: 0,
             slot,

@@ -202,7 +202,7 @@ mod tests {
             id: Uuid::nil(),
             org_id: Uuid::nil(),
             event_type: "t".into(),
-            body: "{}".into(),
+            payload: "{}".into(),
             dedup_id: None,
             created_at_micros: 0,
             slot: 0,

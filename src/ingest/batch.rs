@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use simd_json::prelude::*;
 
-use super::validate::{event_from_value, gate, parse_gated, EventFields};
+use super::validate::{event_from_value, gate, parse_gated, payload_not_found, payload_text, EventFields};
 use super::{IngestError, RateState};
 use crate::handoff::tickets::TicketFuture;
 use crate::handoff::Outcome;
@@ -96,11 +96,12 @@ pub fn array_element_spans(text: &[u8]) -> Vec<Range<usize>> {
     spans
 }
 
-/// The entries of a batch body, each validated on its own, with its exact text.
+/// The entries of a batch body, each validated on its own, with its payload's exact
+/// text.
 pub type Entries = Vec<Result<(EventFields, String), IngestError>>;
 
 /// The batch body: `{"events": [...]}`, at most `BATCH_EVENTS_MAX` entries; each
-/// entry validated on its own and carried with its exact JSON text.
+/// entry validated on its own and carried with its payload's exact JSON text.
 pub fn decode_entries(body: &mut [u8], scratch: &mut JsonScratch) -> Result<Entries, IngestError> {
     let text = gate(body, scratch)?.to_owned();
     let value = parse_gated(body, scratch)?;
@@ -126,7 +127,10 @@ pub fn decode_entries(body: &mut [u8], scratch: &mut JsonScratch) -> Result<Entr
     Ok(events
         .iter()
         .zip(spans)
-        .map(|(entry, span)| event_from_value(entry).map(|fields| (fields, text[span].to_owned())))
+        .map(|(entry, span)| {
+            let fields = event_from_value(entry)?;
+            Ok((fields, payload_text(&text[span]).ok_or_else(payload_not_found)?))
+        })
         .collect())
 }
 

@@ -83,27 +83,26 @@ pub fn new_record(
     shard: &Shard,
     org: &Org,
     fields: EventFields,
-    body: String,
+    payload: String,
     created_at_micros: i64,
 ) -> EventRecord {
     EventRecord {
         id: shard.next_id(created_at_micros),
         org_id: org.id,
         event_type: fields.event_type,
-        body,
+        payload,
         dedup_id: fields.dedup_id,
         created_at_micros,
         slot: 0,
     }
 }
 
-/// Admits, hands off and awaits one event. `body` is the event's JSON text, from
-/// which PostgreSQL takes the payload.
+/// Admits, hands off and awaits one event. `payload` is its payload's exact text.
 pub async fn ingest(
     shard: &Shard,
     org: &Org,
     fields: EventFields,
-    body: String,
+    payload: String,
     now_micros: i64,
 ) -> (Result<Accepted, IngestError>, RateState) {
     let created_at_micros = now_micros;
@@ -120,7 +119,7 @@ pub async fn ingest(
     };
     let (mut state, window_id) = window;
     let dedup_id = fields.dedup_id.clone();
-    let record = new_record(shard, org, fields, body, created_at_micros);
+    let record = new_record(shard, org, fields, payload, created_at_micros);
     let id = record.id;
     let ticket = match shard.tickets().submit(record) {
         Ok(ticket) => ticket,

@@ -11,6 +11,7 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
 
 use super::IngestError;
+use crate::util::json::span::member_span;
 use crate::util::json::{object_with_fields, JsonScratch};
 
 /// Longest `type` and `dedup_id`, in bytes.
@@ -40,15 +41,28 @@ pub fn parse_json<'a>(body: &'a mut [u8], scratch: &mut JsonScratch) -> Result<V
     parse_gated(body, scratch)
 }
 
-/// A single event's body: its contract fields and its exact text (which travels to
-/// PostgreSQL, so it is copied before simd-json parses the body in place).
+/// A single event's body: its contract fields and its payload's exact text (which
+/// travels to PostgreSQL, so it is copied before simd-json parses the body in place).
 pub fn decode_event(
     body: &mut [u8],
     scratch: &mut JsonScratch,
 ) -> Result<(EventFields, String), IngestError> {
-    let text = gate(body, scratch)?.to_owned();
+    let text = gate(body, scratch)?;
+    let payload = payload_text(text);
     let fields = event_from_value(&parse_gated(body, scratch)?)?;
-    Ok((fields, text))
+    Ok((fields, payload.ok_or_else(payload_not_found)?))
+}
+
+/// The exact text of an event object's top-level `payload`, if it has one.
+pub fn payload_text(event: &str) -> Option<String> {
+    member_span(event.as_bytes(), "payload").map(|span| event[span].to_owned())
+}
+
+/// The gate admits only strict JSON, where a validated payload is always found; should
+/// the scanner ever disagree with the parser, the body is still the client's: a 400.
+pub fn payload_not_found() -> IngestError {
+    tracing::warn!("the payload's text could not be found in a validated event");
+    IngestError::InvalidJson("the payload could not be read from the event".into())
 }
 
 /// Gates, parses and validates one event body in place.

@@ -28,16 +28,36 @@ use crate::handoff::{EventRecord, Handoff, Outcome};
 use crate::util::error_chain;
 use plan::{verdict, Bisection, Plan, RowVerdict};
 
-/// The one statement per batch. The dedup ledger is claimed first; an event is
-/// inserted only if it has no dedup_id or won its claim, and is due for delivery at
-/// once if its organisation has a webhook. The final SELECT lists the events that were
-/// not inserted (with the original's id where the snapshot sees it) and the inserted
-/// ones to push, which go straight to the delivery engine.
-const INSERT_BATCH_SQL: &str = "
+/// The statement of a batch (or a bisection part) whose events carry no `dedup_id`,
+/// the common case: one insert straight from the arrays, the organisation's webhook
+/// and type filter deciding whether each event is due for push at once, and the ids
+/// to push as the answer. Event ids are fresh UUIDv7s, so there is no conflict to
+/// arbitrate.
+const INSERT_PLAIN_SQL: &str = "
+WITH inserted AS (
+    INSERT INTO events (org_id, id, type, payload, created_at, next_attempt_at)
+    SELECT i.org_id, i.id, i.type, i.payload::jsonb, i.created_at,
+           CASE WHEN o.webhook_url IS NOT NULL AND triggerd_type_matches(o.event_types, i.type)
+                THEN i.created_at END
+    FROM (SELECT t.*, timestamptz 'epoch' + t.created_us * interval '1 microsecond' AS created_at
+          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])
+              AS t(id, org_id, type, payload, created_us)) i
+    LEFT JOIN organizations o ON o.org_id = i.org_id
+    RETURNING id, next_attempt_at IS NOT NULL AS push
+)
+SELECT id, NULL::uuid, true FROM inserted WHERE push";
+
+/// The statement of a batch with `dedup_id`s. The dedup ledger is claimed first; an
+/// event is inserted only if it has no dedup_id or won its claim, and is due for
+/// delivery at once if its organisation's webhook takes its type. The final SELECT
+/// lists the events that were not inserted (with the original's id where the
+/// snapshot sees it) and the inserted ones to push, which go straight to the delivery
+/// engine.
+const INSERT_DEDUP_SQL: &str = "
 WITH input AS (
     SELECT t.*, timestamptz 'epoch' + t.created_us * interval '1 microsecond' AS created_at
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[])
-        AS t(id, org_id, type, body, dedup_id, created_us)
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[])
+        AS t(id, org_id, type, payload, created_us, dedup_id)
 ),
 claimed AS (
     INSERT INTO event_dedup AS d (org_id, dedup_id, event_id, created_at)
@@ -50,12 +70,11 @@ claimed AS (
 ),
 inserted AS (
     INSERT INTO events (org_id, id, type, payload, dedup_id, created_at, next_attempt_at)
-    SELECT i.org_id, i.id, i.type, i.body::jsonb -> 'payload', i.dedup_id, i.created_at,
+    SELECT i.org_id, i.id, i.type, i.payload::jsonb, i.dedup_id, i.created_at,
            CASE WHEN o.webhook_url IS NOT NULL AND triggerd_type_matches(o.event_types, i.type)
                 THEN i.created_at END
     FROM input i LEFT JOIN organizations o ON o.org_id = i.org_id
     WHERE i.dedup_id IS NULL OR i.id IN (SELECT event_id FROM claimed)
-    ON CONFLICT DO NOTHING
     RETURNING id, next_attempt_at IS NOT NULL AS push
 )
 SELECT i.id, d.event_id, x.id IS NOT NULL
@@ -79,7 +98,8 @@ pub struct BatchLimits {
 
 struct WriterConnection {
     client: Client,
-    insert: Statement,
+    insert_plain: Statement,
+    insert_dedup: Statement,
     find_claim: Statement,
 }
 
@@ -222,9 +242,10 @@ fn complete(handoff: &Handoff, batch: &[(usize, EventRecord)], outcomes: Vec<Out
 async fn connect(db: &Db, statement_timeout: Duration) -> Result<WriterConnection, tokio_postgres::Error> {
     let client = db.connect().await?;
     set_statement_timeout(&client, statement_timeout).await?;
-    let insert = client.prepare(INSERT_BATCH_SQL).await?;
+    let insert_plain = client.prepare(INSERT_PLAIN_SQL).await?;
+    let insert_dedup = client.prepare(INSERT_DEDUP_SQL).await?;
     let find_claim = client.prepare(FIND_CLAIM_SQL).await?;
-    Ok(WriterConnection { client, insert, find_claim })
+    Ok(WriterConnection { client, insert_plain, insert_dedup, find_claim })
 }
 
 /// What writing one batch came to.
@@ -359,13 +380,16 @@ async fn insert(
     let ids: Vec<Uuid> = records().map(|r| r.id).collect();
     let orgs: Vec<Uuid> = records().map(|r| r.org_id).collect();
     let types: Vec<&str> = records().map(|r| r.event_type.as_str()).collect();
-    let bodies: Vec<&str> = records().map(|r| r.body.as_str()).collect();
-    let dedups: Vec<Option<&str>> = records().map(|r| r.dedup_id.as_deref()).collect();
+    let payloads: Vec<&str> = records().map(|r| r.payload.as_str()).collect();
     let created: Vec<i64> = records().map(|r| r.created_at_micros).collect();
-    let rows = connection
-        .client
-        .query(&connection.insert, &[&ids, &orgs, &types, &bodies, &dedups, &created])
-        .await?;
+    let rows = if records().any(|r| r.dedup_id.is_some()) {
+        let dedups: Vec<Option<&str>> = records().map(|r| r.dedup_id.as_deref()).collect();
+        let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&ids, &orgs, &types, &payloads, &created, &dedups];
+        connection.client.query(&connection.insert_dedup, &parameters).await?
+    } else {
+        connection.client.query(&connection.insert_plain, &[&ids, &orgs, &types, &payloads, &created]).await?
+    };
     if rows.is_empty() {
         return Ok(());
     }

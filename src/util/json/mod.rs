@@ -1,10 +1,11 @@
 //! JSON at the edges: the gate every request body passes before anything parses it
 //! (`gate`), the shape check of a body's top-level object (`shape`), the writer
-//! responses are built with (`write`), and the per-core scratch space of the gate and
+//! responses are built with (`write`), spans of members in gated text (`span`), and the per-core scratch space of the gate and
 //! simd-json.
 
 pub mod gate;
 pub mod shape;
+pub mod span;
 pub mod write;
 
 pub use gate::{Gate, GateError, DEPTH_MAX};
