@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::str::FromStr;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -58,6 +57,13 @@ enum LocalPgAction {
         data_dir: PathBuf,
         #[arg(long, default_value_t = 54329)]
         port: u16,
+        /// Server certificate chain (PEM): also listen on TCP 127.0.0.1 with TLS, and
+        /// refuse TCP connections without TLS. Needs --ssl-key-file.
+        #[arg(long, requires = "ssl_key_file")]
+        ssl_cert_file: Option<PathBuf>,
+        /// Private key (PEM) of --ssl-cert-file.
+        #[arg(long, requires = "ssl_cert_file")]
+        ssl_key_file: Option<PathBuf>,
     },
     /// Stop a cluster started with `start`.
     Stop {
@@ -216,8 +222,11 @@ fn main() -> ExitCode {
 
 fn local_pg(action: LocalPgAction) -> Result<(), String> {
     match action {
-        LocalPgAction::Start { data_dir, port } => {
-            let cluster = LocalPg::new(&data_dir, port).map_err(|e| e.to_string())?;
+        LocalPgAction::Start { data_dir, port, ssl_cert_file, ssl_key_file } => {
+            let mut cluster = LocalPg::new(&data_dir, port).map_err(|e| e.to_string())?;
+            if let (Some(certificate), Some(key)) = (ssl_cert_file, ssl_key_file) {
+                cluster = cluster.with_tls(&certificate, &key);
+            }
             cluster.start().map_err(|e| e.to_string())?;
             runtime::block_on(cluster.ensure_database())?.map_err(|e| e.to_string())?;
             writeln!(std::io::stdout(), "{}", cluster.database_url()).map_err(|e| e.to_string())
@@ -229,10 +238,9 @@ fn local_pg(action: LocalPgAction) -> Result<(), String> {
 }
 
 fn migrate(database_url: &str) -> Result<(), String> {
-    let config = tokio_postgres::Config::from_str(database_url).map_err(|e| format!("DATABASE_URL: {e}"))?;
+    let target = storage::pg::Target::parse(database_url).map_err(|e| format!("DATABASE_URL: {e}"))?;
     runtime::block_on(async move {
-        let (mut client, connection) =
-            config.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        let (mut client, connection) = target.connect().await.map_err(|e| triggerd::util::error_chain(&e))?;
         tokio::spawn(connection);
         let applied = storage::migrations::migrate(&mut client).await.map_err(|e| e.to_string())?;
         writeln!(std::io::stdout(), "applied {applied} migration(s)").map_err(|e| e.to_string())

@@ -11,7 +11,6 @@ mod cores;
 
 use std::io::Write as _;
 use std::rc::Rc;
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +25,7 @@ use crate::http::ConnectionLimits;
 use crate::metrics::Registry;
 use crate::shard::{ShardParts, ShardSettings};
 use crate::storage::local_pg::LocalPg;
+use crate::storage::pg::Target;
 use crate::storage::retention::RetentionConfig;
 use crate::storage::{self, BatchLimits, StorageConfig};
 use crate::util::{error_chain, sys};
@@ -69,11 +69,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
 }
 
 /// Starts everything on `database`, serves until a signal, shuts down in order.
-fn run(
-    config: &ServeConfig,
-    database: tokio_postgres::Config,
-    signals: &libc::sigset_t,
-) -> Result<(), String> {
+fn run(config: &ServeConfig, database: Target, signals: &libc::sigset_t) -> Result<(), String> {
     let http_cores = config.http_cores(sys::available_cpus());
     let mut plan = cores::plan_placement(http_cores, &sys::allowed_cpus());
     if config.storage_cpu.is_some() {
@@ -160,7 +156,7 @@ fn check_port_free(listen: std::net::SocketAddr) -> Result<(), String> {
 /// The storage thread's settings, with the delivery engine started on it.
 fn storage_config(
     config: &ServeConfig,
-    database: tokio_postgres::Config,
+    database: Target,
     cpu: Option<usize>,
     registry: &Registry,
     deliveries: &Arc<DeliveryControl>,
@@ -238,9 +234,9 @@ fn warn_if_open_files_short(config: &ServeConfig, http_cores: usize) {
 }
 
 /// The database to use, and the embedded cluster if there is one.
-fn open_database(config: &ServeConfig) -> Result<(tokio_postgres::Config, Option<Managed>), String> {
+fn open_database(config: &ServeConfig) -> Result<(Target, Option<Managed>), String> {
     if let Some(url) = &config.database_url {
-        return Ok((tokio_postgres::Config::from_str(url).map_err(|e| format!("DATABASE_URL: {e}"))?, None));
+        return Ok((Target::parse(url).map_err(|e| format!("DATABASE_URL: {e}"))?, None));
     }
     let cluster = LocalPg::new(&config.data_dir, config.pg_port).map_err(|e| e.to_string())?;
     // One serve per data directory: a second one would share the cluster, and stopping
@@ -264,7 +260,7 @@ fn open_database(config: &ServeConfig) -> Result<(tokio_postgres::Config, Option
     }
     tracing::info!(data_dir = %config.data_dir.display(), "embedded PostgreSQL running");
     let url = managed.cluster.database_url();
-    Ok((tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?, Some(managed)))
+    Ok((Target::parse(&url)?, Some(managed)))
 }
 
 pub fn init_logging(filter: &str, format: LogFormat) {
