@@ -48,8 +48,16 @@ enum Commands {
     /// has migrations this binary does not know.
     Migrate {
         /// PostgreSQL to migrate (URL or key=value; sslmode and sslrootcert as libpq).
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            hide_env_values = true,
+            required_unless_present = "database_url_file"
+        )]
+        database_url: Option<String>,
+        /// File holding the database URL (first line), instead of --database-url.
+        #[arg(long, env = "TRIGGERD_DATABASE_URL_FILE", conflicts_with = "database_url")]
+        database_url_file: Option<PathBuf>,
         /// List every migration (applied, pending, or unknown to this binary) with its
         /// SHA-256 checksum and change nothing; exits 1 if the database would be refused.
         #[arg(long)]
@@ -185,6 +193,12 @@ fn print_config(matches: &clap::ArgMatches, from_file: &BTreeSet<String>, config
                 )
             }
             (None, "storage-cpu") => ("(unpinned unless a CPU is left over)".into(), "default".into()),
+            (None, "database-url") if config.database_url_file.is_some() => {
+                ("(read from --database-url-file)".into(), "default".into())
+            }
+            (None, "admin-token") if config.admin_token_file.is_some() => {
+                ("(read from --admin-token-file)".into(), "default".into())
+            }
             (None, "database-url") => {
                 ("(unset: the embedded cluster under --data-dir)".into(), "default".into())
             }
@@ -213,15 +227,17 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
-        Commands::Serve(config) if config.print_config => {
+        Commands::Serve(mut config) if config.print_config => {
             if let Some(serve) = matches.subcommand_matches("serve") {
                 print_config(serve, &from_file, &config);
             }
             // Printed first, so every value is there to see; then the verdict on them.
-            config.validate()
+            config.read_secret_files().and_then(|()| config.validate())
         }
         Commands::Serve(config) => runtime::serve(*config),
-        Commands::Migrate { database_url, status, config: _ } => migrate(&database_url, status),
+        Commands::Migrate { database_url, database_url_file, status, config: _ } => {
+            migrate(database_url, database_url_file, status)
+        }
         Commands::Check { http_cores, connections_per_core_max, config: _ } => {
             let cpus = triggerd::util::sys::available_cpus();
             let cores = http_cores.unwrap_or(cpus.saturating_sub(1)).max(1);
@@ -262,8 +278,12 @@ fn local_pg(action: LocalPgAction) -> Result<(), String> {
     }
 }
 
-fn migrate(url: &str, status: bool) -> Result<(), String> {
-    let target = storage::pg::Target::parse(url).map_err(|e| format!("DATABASE_URL: {e}"))?;
+fn migrate(url: Option<String>, url_file: Option<PathBuf>, status: bool) -> Result<(), String> {
+    let url = match url_file {
+        Some(path) => config::read_secret_file("--database-url-file", &path)?,
+        None => url.unwrap_or_default(),
+    };
+    let target = storage::pg::Target::parse(&url).map_err(|e| format!("DATABASE_URL: {e}"))?;
     if !status {
         // Each migration is logged as it starts and with its duration when done.
         runtime::init_logging("info", config::LogFormat::Text);

@@ -193,3 +193,30 @@ fn each_sslmode_checks_what_libpq_checks() {
         assert!(ok, "{unverified}: {stderr}");
     }
 }
+
+#[test]
+fn a_password_from_a_file_with_channel_binding() {
+    let cluster = TlsCluster::start();
+    let mut socket = cluster.socket_client();
+    socket.batch_execute("CREATE ROLE tls_secret LOGIN SUPERUSER PASSWORD 'p@ss word'").unwrap();
+    let hba = cluster.dir.join("pg").join("pgdata").join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("hostssl all tls_secret 127.0.0.1/32 scram-sha-256\n{rules}")).unwrap();
+    socket.batch_execute("SELECT pg_reload_conf()").unwrap();
+
+    // channel_binding=require fails unless the TLS layer hands SCRAM the
+    // tls-server-end-point hash (SCRAM-SHA-256-PLUS).
+    let url = format!(
+        "postgresql://tls_secret:p%40ss%20word@localhost:{}/triggerd?sslmode=verify-full&sslrootcert={}&channel_binding=require",
+        cluster.port,
+        cluster.ca.display()
+    );
+    let file = cluster.dir.join("database-url");
+    std::fs::write(&file, format!("{url}\n")).unwrap();
+    let (ok, stdout, stderr) = triggerd(&["migrate", "--database-url-file", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("applied"), "{stdout}");
+    std::fs::write(&file, url.replace("p%40ss", "wrong")).unwrap();
+    let (ok, _, stderr) = triggerd(&["migrate", "--database-url-file", file.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("password authentication failed"), "{stderr}");
+}

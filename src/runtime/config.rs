@@ -52,6 +52,12 @@ pub struct ServeConfig {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// File holding the --database-url (first line), e.g. a systemd credential
+    /// (`LoadCredential=`, then `%d/database-url`): keeps the password out of the
+    /// environment and the unit. Instead of --database-url.
+    #[arg(long, env = "TRIGGERD_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    pub database_url_file: Option<PathBuf>,
+
     /// Directory of the embedded PostgreSQL cluster (used without DATABASE_URL).
     #[arg(long, env = "TRIGGERD_DATA_DIR", default_value = ".triggerd")]
     pub data_dir: PathBuf,
@@ -69,6 +75,11 @@ pub struct ServeConfig {
     /// --open-signup is given.
     #[arg(long, env = "TRIGGERD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// File holding the --admin-token (first line), e.g. a systemd credential
+    /// (`LoadCredential=`, then `%d/admin-token`). Instead of --admin-token.
+    #[arg(long, env = "TRIGGERD_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Allow open sign-up (no --admin-token) on a non-loopback --listen address: anyone
     /// who can reach the port can then create organisations. Without it, `serve` refuses
@@ -229,7 +240,29 @@ pub struct ServeConfig {
     pub log: String,
 }
 
+/// A secret from a file: its first line, without the line end. An empty one is refused
+/// (it would silently mean "unset").
+pub fn read_secret_file(option: &str, path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{option} {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or_default().trim_end().to_string();
+    if secret.is_empty() {
+        return Err(format!("{option} {}: the file is empty", path.display()));
+    }
+    Ok(secret)
+}
+
 impl ServeConfig {
+    /// Reads --admin-token-file and --database-url-file into the values they stand for.
+    pub fn read_secret_files(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.admin_token_file {
+            self.admin_token = Some(read_secret_file("--admin-token-file", path)?);
+        }
+        if let Some(path) = &self.database_url_file {
+            self.database_url = Some(read_secret_file("--database-url-file", path)?);
+        }
+        Ok(())
+    }
+
     /// The delivery engine's settings (call after `validate`).
     pub fn delivery(&self) -> Result<crate::delivery::DeliveryConfig, String> {
         use std::time::Duration;
