@@ -125,3 +125,62 @@ fn the_admin_token_and_database_url_from_files() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot be used with"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_packaged_unit_and_settings_file_work_with_this_binary() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("tuning/triggerd.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
+        "LoadCredential=admin-token:/etc/triggerd/admin-token",
+        "LoadCredential=database-url:/etc/triggerd/database-url",
+        "ExecStart=/usr/bin/triggerd serve --config /etc/triggerd/triggerd.conf",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+    // The unit's environment, with %d (the credentials directory) made real.
+    let credentials = std::env::temp_dir().join(format!("triggerd-unit-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(credentials.join("admin-token"), "t0ken\n").unwrap();
+    std::fs::write(credentials.join("database-url"), format!("{}\n", database_url())).unwrap();
+    let environment: Vec<(String, String)> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("%d", credentials.to_str().unwrap())))
+        .collect();
+    assert!(environment.iter().any(|(k, _)| k == "TRIGGERD_ADMIN_TOKEN_FILE"), "{environment:?}");
+    let output = Command::new(env!("CARGO_BIN_EXE_triggerd"))
+        .args(["serve", "--config", root.join("tuning/triggerd.conf").to_str().unwrap(), "--print-config"])
+        .env_remove("DATABASE_URL")
+        .env_remove("TRIGGERD_CONFIG")
+        .envs(environment)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(printed.contains("listen = 0.0.0.0:8080  # file"), "{printed}");
+    assert!(printed.contains("admin-token = (read from --admin-token-file)"), "{printed}");
+
+    // Every file the package installs is in the tree (the binary is built by cargo deb).
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let deb = manifest.split("[package.metadata.deb]").nth(1).unwrap().split("\n[").next().unwrap();
+    let sources: Vec<&str> = deb
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(sources.len() >= 4, "{sources:?}");
+    for source in sources.iter().filter(|s| !s.starts_with("target/")) {
+        assert!(root.join(source).is_file(), "the package installs {source}, which does not exist");
+    }
+    for script in ["debian/postinst", "debian/postrm"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(root.join(script)).unwrap().permissions(),
+        );
+        assert!(mode & 0o111 != 0, "{script} is executable");
+    }
+    let _ = std::fs::remove_dir_all(&credentials);
+}
