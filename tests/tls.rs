@@ -188,6 +188,14 @@ fn each_sslmode_checks_what_libpq_checks() {
         !ok && stderr.contains("UnknownIssuer"),
         "require with a root file is verify-ca, as in libpq: {stderr}"
     );
+    // Only an address: it is the name checked (the certificate names 127.0.0.1 too).
+    let bare = format!(
+        "hostaddr=127.0.0.1 port={} user=triggerd dbname=triggerd sslmode=verify-full sslrootcert={}",
+        cluster.port,
+        cluster.ca.display()
+    );
+    let (ok, _, stderr) = migrate(&bare);
+    assert!(ok, "{stderr}");
     for unverified in [cluster.url("sslmode=require"), cluster.url("sslmode=prefer"), cluster.url("")] {
         let (ok, _, stderr) = migrate(&unverified);
         assert!(ok, "{unverified}: {stderr}");

@@ -38,6 +38,13 @@ impl Target {
         let (rest, settings) = tls::split_tls_settings(url)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| crate::util::error_chain(&e))?;
         config.connect_timeout(CONNECT_TIMEOUT);
+        // tokio-postgres refuses TLS without a host name; with only hostaddr given, the
+        // address is the name (libpq checks it against the certificate's IP entries).
+        if config.get_hosts().is_empty() {
+            for address in config.get_hostaddrs().to_vec() {
+                config.host(address.to_string());
+            }
+        }
         // libpq never negotiates TLS on a Unix socket, whatever sslmode says.
         let socket_only = !config.get_hosts().is_empty()
             && config.get_hosts().iter().all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
@@ -199,6 +206,18 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_never_negotiate_tls_and_a_bare_address_gets_a_name() {
+        use tokio_postgres::config::{Host, SslMode as Negotiation};
+        let socket = Target::parse("host=/run/postgresql sslmode=verify-full").unwrap();
+        assert_eq!(socket.config.get_ssl_mode(), Negotiation::Disable);
+        let tcp = Target::parse("postgresql://db.example/app?sslmode=verify-ca").unwrap();
+        assert_eq!(tcp.config.get_ssl_mode(), Negotiation::Require);
+        let bare = Target::parse("hostaddr=127.0.0.1 sslmode=require").unwrap();
+        assert!(matches!(bare.config.get_hosts(), [Host::Tcp(name)] if name == "127.0.0.1"));
+        assert_eq!(Target::parse("host=h").unwrap().config.get_ssl_mode(), Negotiation::Prefer);
+    }
 
     #[test]
     fn backoff_doubles_to_its_ceiling_and_resets() {
