@@ -64,7 +64,8 @@ impl TlsCluster {
         std::fs::create_dir_all(&dir).unwrap();
         let (ca, certificate, key) = make_certificates(&dir, "right");
         let (wrong_ca, ..) = make_certificates(&dir, "wrong");
-        let port = 40_000 + (uuid::Uuid::now_v7().as_u128() % 20_000) as u16;
+        // A port free on 127.0.0.1 now (a random one could be an ephemeral port in use).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cluster = TlsCluster { dir, port, ca, wrong_ca };
         let (ok, url, stderr) = triggerd(&[
             "local-pg",
@@ -78,7 +79,11 @@ impl TlsCluster {
             "--ssl-key-file",
             key.to_str().unwrap(),
         ]);
-        assert!(ok, "local-pg start: {stderr}");
+        if !ok {
+            let log =
+                std::fs::read_to_string(cluster.dir.join("pg").join("postgres.log")).unwrap_or_default();
+            panic!("local-pg start: {stderr}\npostgres.log:\n{log}");
+        }
         assert!(url.contains("hostaddr=127.0.0.1") && url.contains("sslmode=require"), "{url}");
         cluster
     }
