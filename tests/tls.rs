@@ -233,3 +233,65 @@ fn a_password_from_a_file_with_channel_binding() {
     let (ok, _, stderr) = triggerd(&["migrate", "--database-url-file", file.to_str().unwrap()]);
     assert!(!ok && stderr.contains("password authentication failed"), "{stderr}");
 }
+
+/// A TCP front for the suite's database (on its Unix socket) whose answer to a TLS
+/// request is `S` and then bytes that are no TLS: every handshake fails, plain
+/// connections are passed through. Returns its port and how many TLS requests it saw.
+fn failing_tls_front() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let config: tokio_postgres::Config = common::database_url().parse().unwrap();
+    let socket = match (config.get_hosts(), config.get_ports()) {
+        ([tokio_postgres::config::Host::Unix(dir)], [port]) => dir.join(format!(".s.PGSQL.{port}")),
+        other => panic!("the suite's DATABASE_URL is expected on a Unix socket: {other:?}"),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls_requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&tls_requests);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut first = [0u8; 8];
+            if client.read_exact(&mut first).is_err() {
+                continue;
+            }
+            // SSLRequest: length 8, code 80877103.
+            if first == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f] {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = client.write_all(b"Snot a TLS server hello\n");
+                continue;
+            }
+            let Ok(mut server) = std::os::unix::net::UnixStream::connect(&socket) else { continue };
+            let _ = server.write_all(&first);
+            let (mut client_reader, mut server_writer) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_reader, &mut server_writer);
+                let _ = server_writer.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, tls_requests)
+}
+
+#[test]
+fn prefer_falls_back_to_plain_when_the_handshake_fails_and_require_does_not() {
+    use std::sync::atomic::Ordering;
+    let database = common::FreshDatabase::new();
+    let config: tokio_postgres::Config = database.url.parse().unwrap();
+    let name = config.get_dbname().unwrap().to_string();
+    let (port, tls_requests) = failing_tls_front();
+    let url = |mode: &str| format!("host=127.0.0.1 port={port} user=triggerd dbname={name} sslmode={mode}");
+    let (ok, _, stderr) = triggerd(&["migrate", "--database-url", &url("require")]);
+    assert!(!ok && stderr.contains("TLS handshake with 127.0.0.1 failed (sslmode=require"), "{stderr}");
+    assert_eq!(tls_requests.load(Ordering::SeqCst), 1);
+    let (ok, stdout, stderr) = triggerd(&["migrate", "--database-url", &url("prefer")]);
+    assert!(ok, "prefer goes on without TLS, as libpq does: {stderr}");
+    assert!(stdout.contains("applied") && stderr.contains("sslmode=prefer connects without it"), "{stderr}");
+    assert_eq!(tls_requests.load(Ordering::SeqCst), 2, "one TLS attempt, then plain");
+}
