@@ -29,9 +29,10 @@
 //! - [`ingest`]: the path of one event on its core: validate (gate, then simd-json),
 //!   admit against the rate window, assign a UUIDv7, hand off, await the commit.
 //! - [`storage`]: the storage core, a thread with a tokio runtime owning every
-//!   PostgreSQL connection: group commit of the rings (`writer`, its decisions in
+//!   PostgreSQL connection, each opened by `pg::Target` with TLS as libpq's `sslmode`
+//!   says (`tls`): group commit of the rings (`writer`, its decisions in
 //!   `writer::plan`), the commands, revocation across instances, partitions and
-//!   retention, migrations, a private cluster for development.
+//!   retention, checksummed migrations, a private cluster for development.
 //! - [`delivery`]: the webhook engine on the storage thread: leased attempts claimed
 //!   from PostgreSQL, signed (Standard Webhooks), retried on a schedule, refused for
 //!   private destinations. Its decisions (caps, backlog, claim spacing) are a plain
@@ -41,8 +42,8 @@
 //!   below and encodes the reply; every error becomes HTTP in one place.
 //! - [`runtime`]: the composition root. It reads the configuration, places the
 //!   threads (one pinned glommio executor per HTTP core, the storage thread), starts
-//!   storage with the delivery engine on it, the Argon2 pool and the cores, and shuts
-//!   them down in order.
+//!   storage with the delivery engine on it, the Argon2 pool and the cores, tells
+//!   systemd when it is ready and alive (`notify`), and shuts them down in order.
 
 pub mod util;
 

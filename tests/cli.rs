@@ -332,3 +332,76 @@ fn misspelt_flags_get_a_suggestion_and_host_names_listen() {
         .unwrap();
     assert!(!output.status.success(), "an invalid value is refused after printing");
 }
+
+/// `      --name <NAME>` or `  -h, --help`; not a possible value's `- text: …`.
+fn is_option_line(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with("--")
+        || line.as_bytes().get(1).is_some_and(u8::is_ascii_alphabetic) && line.starts_with('-')
+}
+
+/// `triggerd <args> --help`, split into (section heading, option line, its description).
+fn help_sections(args: &[&str]) -> Vec<(String, String, String)> {
+    let mut command: Vec<&str> = args.to_vec();
+    command.push("--help");
+    let (ok, help) = triggerd(&command);
+    assert!(ok, "{args:?}");
+    let lines: Vec<&str> = help.lines().collect();
+    let mut heading = String::new();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            heading = line.trim_end_matches(':').to_string();
+        } else if is_option_line(line) && !heading.is_empty() {
+            // Short help: the description follows on the line; long help: on the next.
+            let (option, same_line) = line.trim().split_once("  ").unwrap_or((line.trim(), ""));
+            let description = match same_line.trim() {
+                "" => lines.get(i + 1).map_or("", |l| l.trim()),
+                text => text,
+            };
+            found.push((heading.clone(), option.to_string(), description.to_string()));
+        } else if heading == "Commands" && !line.trim().is_empty() {
+            let mut words = line.split_whitespace();
+            let name = words.next().unwrap_or_default().to_string();
+            found.push((heading.clone(), name, words.collect::<Vec<_>>().join(" ")));
+        }
+    }
+    found
+}
+
+#[test]
+fn serve_options_are_grouped_under_headings() {
+    let sections = help_sections(&["serve"]);
+    let headings: std::collections::BTreeSet<&str> = sections.iter().map(|(h, ..)| h.as_str()).collect();
+    for wanted in
+        ["Network", "Cores", "Database", "Sign-up and keys", "Limits", "Webhooks", "Retention", "Logging"]
+    {
+        assert!(headings.contains(wanted), "no {wanted} heading: {headings:?}");
+    }
+    let ungrouped: Vec<&String> = sections
+        .iter()
+        .filter(|(h, o, _)| h == "Options" && !o.contains("--help"))
+        .map(|(_, o, _)| o)
+        .collect();
+    assert!(ungrouped.is_empty(), "options under no heading: {ungrouped:?}");
+}
+
+#[test]
+fn every_argument_of_every_command_is_described() {
+    for command in [
+        &[][..],
+        &["serve"],
+        &["check"],
+        &["migrate"],
+        &["local-pg"],
+        &["local-pg", "start"],
+        &["local-pg", "stop"],
+    ] {
+        let sections = help_sections(command);
+        assert!(!sections.is_empty(), "{command:?}");
+        for (heading, option, description) in sections {
+            let bare = description.is_empty() || description.starts_with('[') || is_option_line(&description);
+            assert!(!bare, "triggerd {command:?} --help: {option} under {heading} has no description");
+        }
+    }
+}

@@ -34,202 +34,271 @@ pub struct ServeConfig {
     /// Address every HTTP core listens on (SO_REUSEPORT). Port 0 picks a free port,
     /// printed on the "listening" line.
     /// A host name works too (`localhost:8080`): its first address is used.
-    #[arg(long, env = "TRIGGERD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
+    #[arg(long, help_heading = "Network", env = "TRIGGERD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Number of HTTP cores (glommio executors, one pinned thread each). Default: all
     /// CPUs but one, at least one. May exceed the CPU count (cores then share CPUs).
-    #[arg(long, env = "TRIGGERD_HTTP_CORES")]
+    #[arg(long, help_heading = "Cores", env = "TRIGGERD_HTTP_CORES")]
     pub http_cores: Option<usize>,
 
     /// CPU for the storage thread. Default: the last CPU if the HTTP cores leave one
     /// free, otherwise unpinned.
-    #[arg(long, env = "TRIGGERD_STORAGE_CPU")]
+    #[arg(long, help_heading = "Cores", env = "TRIGGERD_STORAGE_CPU")]
     pub storage_cpu: Option<usize>,
 
-    /// PostgreSQL to use (URL or key=value). Unset: the embedded private cluster
-    /// under --data-dir is initialised and started.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    /// PostgreSQL to use (URL or key=value). `sslmode` (disable, prefer (default),
+    /// require, verify-ca, verify-full) and `sslrootcert` mean what they mean to libpq.
+    /// Unset: the embedded private cluster under --data-dir is initialised and started.
+    #[arg(long, help_heading = "Database", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// File holding the --database-url (first line), e.g. a systemd credential
+    /// (`LoadCredential=`, then `%d/database-url`): keeps the password out of the
+    /// environment and the unit. Instead of --database-url.
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "TRIGGERD_DATABASE_URL_FILE",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<PathBuf>,
+
     /// Directory of the embedded PostgreSQL cluster (used without DATABASE_URL).
-    #[arg(long, env = "TRIGGERD_DATA_DIR", default_value = ".triggerd")]
+    #[arg(long, help_heading = "Database", env = "TRIGGERD_DATA_DIR", default_value = ".triggerd")]
     pub data_dir: PathBuf,
 
     /// Port of the embedded cluster's Unix socket.
-    #[arg(long, env = "TRIGGERD_PG_PORT", default_value_t = 54329)]
+    #[arg(long, help_heading = "Database", env = "TRIGGERD_PG_PORT", default_value_t = 54329)]
     pub pg_port: u16,
 
     /// Stop the embedded cluster when triggerd exits.
-    #[arg(long, env = "TRIGGERD_PG_STOP_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, help_heading = "Database", env = "TRIGGERD_PG_STOP_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub pg_stop_on_exit: bool,
 
     /// Bearer token required by POST /api/keys/generate. Unset (or empty): sign-up is
     /// open, which `serve` allows on a loopback --listen address only, unless
     /// --open-signup is given.
-    #[arg(long, env = "TRIGGERD_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, help_heading = "Sign-up and keys", env = "TRIGGERD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// File holding the --admin-token (first line), e.g. a systemd credential
+    /// (`LoadCredential=`, then `%d/admin-token`). Instead of --admin-token.
+    #[arg(
+        long,
+        help_heading = "Sign-up and keys",
+        env = "TRIGGERD_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Allow open sign-up (no --admin-token) on a non-loopback --listen address: anyone
     /// who can reach the port can then create organisations. Without it, `serve` refuses
     /// that combination.
-    #[arg(long, env = "TRIGGERD_OPEN_SIGNUP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, help_heading = "Sign-up and keys", env = "TRIGGERD_OPEN_SIGNUP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub open_signup: bool,
 
     /// Events each HTTP core may have waiting for the storage core (ring size and
     /// ticket slots). Beyond it, 503 with Retry-After.
-    #[arg(long, env = "TRIGGERD_RING_CAPACITY", default_value_t = 4096)]
+    #[arg(long, help_heading = "Limits", env = "TRIGGERD_RING_CAPACITY", default_value_t = 4096)]
     pub ring_capacity: usize,
 
     /// Most events written in one batch (one statement, one commit).
-    #[arg(long, env = "TRIGGERD_BATCH_EVENTS_MAX", default_value_t = 512)]
+    #[arg(long, help_heading = "Limits", env = "TRIGGERD_BATCH_EVENTS_MAX", default_value_t = 512)]
     pub batch_events_max: usize,
 
     /// Most bytes of events written in one batch.
-    #[arg(long, env = "TRIGGERD_BATCH_BYTES_MAX", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, help_heading = "Limits", env = "TRIGGERD_BATCH_BYTES_MAX", default_value_t = 8 * 1024 * 1024)]
     pub batch_bytes_max: usize,
 
     /// Batch writers, each with its own connection: one commits while another fills.
-    #[arg(long, env = "TRIGGERD_WRITERS", default_value_t = 2)]
+    #[arg(long, help_heading = "Database", env = "TRIGGERD_WRITERS", default_value_t = 2)]
     pub writers: usize,
 
     /// Connections one HTTP core serves at once; beyond it a new connection gets 503
     /// with Retry-After and is closed.
-    #[arg(long, env = "TRIGGERD_CONNECTIONS_PER_CORE_MAX", default_value_t = 10_000)]
+    #[arg(
+        long,
+        help_heading = "Network",
+        env = "TRIGGERD_CONNECTIONS_PER_CORE_MAX",
+        default_value_t = 10_000
+    )]
     pub connections_per_core_max: usize,
 
     /// Time from a request's first byte to the end of its head (then 408).
-    #[arg(long, env = "TRIGGERD_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, help_heading = "Network", env = "TRIGGERD_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
 
     /// Time from the end of the head to the end of the body (then 408).
-    #[arg(long, env = "TRIGGERD_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, help_heading = "Network", env = "TRIGGERD_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_timeout_ms: u64,
 
     /// Idle keep-alive connections are closed after this.
-    #[arg(long, env = "TRIGGERD_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(long, help_heading = "Network", env = "TRIGGERD_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
     /// A client that does not read its response within this is disconnected.
-    #[arg(long, env = "TRIGGERD_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, help_heading = "Network", env = "TRIGGERD_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
     pub write_timeout_ms: u64,
 
     /// Threads of the Argon2 pool (key verification on cache misses, key hashing).
-    #[arg(long, env = "TRIGGERD_ARGON2_THREADS", default_value_t = 1)]
+    #[arg(long, help_heading = "Sign-up and keys", env = "TRIGGERD_ARGON2_THREADS", default_value_t = 1)]
     pub argon2_threads: usize,
 
     /// Argon2 jobs that may wait; beyond it, requests needing one get 503.
-    #[arg(long, env = "TRIGGERD_ARGON2_QUEUE_MAX", default_value_t = 64)]
+    #[arg(long, help_heading = "Sign-up and keys", env = "TRIGGERD_ARGON2_QUEUE_MAX", default_value_t = 64)]
     pub argon2_queue_max: usize,
 
     /// Argon2id memory cost (KiB) for new key hashes.
-    #[arg(long, env = "TRIGGERD_ARGON2_MEMORY_KIB", default_value_t = ARGON2_MEMORY_KIB)]
+    #[arg(long, help_heading = "Sign-up and keys", env = "TRIGGERD_ARGON2_MEMORY_KIB", default_value_t = ARGON2_MEMORY_KIB)]
     pub argon2_memory_kib: u32,
 
     /// Verified keys cached per HTTP core.
-    #[arg(long, env = "TRIGGERD_KEY_CACHE_MAX", default_value_t = 100_000)]
+    #[arg(
+        long,
+        help_heading = "Sign-up and keys",
+        env = "TRIGGERD_KEY_CACHE_MAX",
+        default_value_t = 100_000
+    )]
     pub key_cache_max: usize,
 
     /// Wrong keys remembered per HTTP core (60 s each).
-    #[arg(long, env = "TRIGGERD_NEGATIVE_CACHE_MAX", default_value_t = 10_000)]
+    #[arg(
+        long,
+        help_heading = "Sign-up and keys",
+        env = "TRIGGERD_NEGATIVE_CACHE_MAX",
+        default_value_t = 10_000
+    )]
     pub negative_cache_max: usize,
 
     /// Longest a request-path statement (batch insert, key lookup, inbox read, ack) may
     /// run before PostgreSQL cancels it and the request gets 503.
-    #[arg(long, env = "TRIGGERD_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, help_heading = "Database", env = "TRIGGERD_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
     pub statement_timeout_ms: u64,
 
     /// Failed API key checks one lookup id (the key's first part) may cause per minute
     /// on each HTTP core before further checks of it are refused with 429, without
     /// reaching the database or Argon2. Checks in flight count too. 0 turns it off.
-    #[arg(long, env = "TRIGGERD_KEY_FAILURES_PER_ID_MAX", default_value_t = 5)]
+    #[arg(long, help_heading = "Limits", env = "TRIGGERD_KEY_FAILURES_PER_ID_MAX", default_value_t = 5)]
     pub key_failures_per_id_max: u32,
 
     /// Failed API key checks one client address (IPv6: its /64) may cause per minute
     /// on each HTTP core, likewise. Behind a proxy every client shares its address:
     /// raise it or turn it off (0) there.
-    #[arg(long, env = "TRIGGERD_KEY_FAILURES_PER_ADDRESS_MAX", default_value_t = 20)]
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "TRIGGERD_KEY_FAILURES_PER_ADDRESS_MAX",
+        default_value_t = 20
+    )]
     pub key_failures_per_address_max: u32,
 
     /// Sign-ups (POST /api/keys/generate) one client address may make per minute on
     /// each HTTP core; each costs an Argon2 hash. 0 turns it off.
-    #[arg(long, env = "TRIGGERD_SIGNUPS_PER_ADDRESS_MAX", default_value_t = 10)]
+    #[arg(long, help_heading = "Limits", env = "TRIGGERD_SIGNUPS_PER_ADDRESS_MAX", default_value_t = 10)]
     pub signups_per_address_max: u32,
 
     /// Commands (key lookups, sign-ups, reads) that may queue for the storage core.
-    #[arg(long, env = "TRIGGERD_COMMAND_QUEUE_MAX", default_value_t = 1024)]
+    #[arg(long, help_heading = "Limits", env = "TRIGGERD_COMMAND_QUEUE_MAX", default_value_t = 1024)]
     pub command_queue_max: usize,
 
     /// Webhook retry schedule: delays between attempts (ms, s, m, h, d). After the last
     /// one fails, the event is `failed`.
-    #[arg(long, env = "TRIGGERD_RETRY_SCHEDULE", default_value = crate::delivery::schedule::DEFAULT_SCHEDULE)]
+    #[arg(long, help_heading = "Webhooks", env = "TRIGGERD_RETRY_SCHEDULE", default_value = crate::delivery::schedule::DEFAULT_SCHEDULE)]
     pub retry_schedule: String,
 
     /// Deliver webhooks to loopback, private and link-local addresses too (local
     /// development and tests only: it exposes internal services to whoever configures
     /// a webhook).
-    #[arg(long, env = "TRIGGERD_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, help_heading = "Webhooks", env = "TRIGGERD_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub webhook_allow_private: bool,
 
     /// Timeout of one webhook attempt (connect, TLS, request, response).
-    #[arg(long, env = "TRIGGERD_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, help_heading = "Webhooks", env = "TRIGGERD_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
 
     /// How long a claimed delivery attempt stays leased to this process; must exceed
     /// the webhook timeout. A process that dies loses its leases after this.
-    #[arg(long, env = "TRIGGERD_DELIVERY_LEASE_MS", default_value_t = 60_000)]
+    #[arg(long, help_heading = "Webhooks", env = "TRIGGERD_DELIVERY_LEASE_MS", default_value_t = 60_000)]
     pub delivery_lease_ms: u64,
 
     /// Delivery attempts in flight at most.
-    #[arg(long, env = "TRIGGERD_DELIVERIES_IN_FLIGHT_MAX", default_value_t = 256)]
+    #[arg(long, help_heading = "Webhooks", env = "TRIGGERD_DELIVERIES_IN_FLIGHT_MAX", default_value_t = 256)]
     pub deliveries_in_flight_max: usize,
 
     /// Delivery attempts of one organisation in flight at most.
-    #[arg(long, env = "TRIGGERD_DELIVERIES_PER_ORG_MAX", default_value_t = 8)]
+    #[arg(long, help_heading = "Webhooks", env = "TRIGGERD_DELIVERIES_PER_ORG_MAX", default_value_t = 8)]
     pub deliveries_per_org_max: usize,
 
     /// How often due delivery attempts (retries, leftovers) are claimed from the database.
-    #[arg(long, env = "TRIGGERD_DELIVERY_POLL_MS", default_value_t = 1_000)]
+    #[arg(long, help_heading = "Webhooks", env = "TRIGGERD_DELIVERY_POLL_MS", default_value_t = 1_000)]
     pub delivery_poll_ms: u64,
 
     /// Delivered events are kept at least this many days; older days are dropped as
     /// whole partitions once all their events are delivered.
-    #[arg(long, env = "TRIGGERD_RETENTION_DAYS", default_value_t = 30)]
+    #[arg(long, help_heading = "Retention", env = "TRIGGERD_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
 
     /// Daily event partitions created ahead of today.
-    #[arg(long, env = "TRIGGERD_PARTITIONS_AHEAD_DAYS", default_value_t = 3)]
+    #[arg(long, help_heading = "Retention", env = "TRIGGERD_PARTITIONS_AHEAD_DAYS", default_value_t = 3)]
     pub partitions_ahead_days: u32,
 
     /// How often partitions are created ahead and old ones dropped.
-    #[arg(long, env = "TRIGGERD_MAINTENANCE_INTERVAL_MS", default_value_t = 3_600_000)]
+    #[arg(
+        long,
+        help_heading = "Retention",
+        env = "TRIGGERD_MAINTENANCE_INTERVAL_MS",
+        default_value_t = 3_600_000
+    )]
     pub maintenance_interval_ms: u64,
 
     /// On SIGTERM/SIGINT: time to finish requests in progress and deliveries in flight
     /// before exiting anyway (acknowledged events are committed either way).
-    #[arg(long, env = "TRIGGERD_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, help_heading = "Process", env = "TRIGGERD_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
 
     /// Log line format.
-    #[arg(long, env = "TRIGGERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, help_heading = "Logging", env = "TRIGGERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Configuration file: `name = value` lines, names being these options' long names
     /// (e.g. `http-cores = 3`). Flags and environment variables take precedence.
-    #[arg(long, env = "TRIGGERD_CONFIG")]
+    #[arg(long, help_heading = "Process", env = "TRIGGERD_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// Print the effective configuration (secrets masked), with where each value came
     /// from, and exit.
-    #[arg(long, env = "TRIGGERD_PRINT_CONFIG", default_value_t = false)]
+    #[arg(long, help_heading = "Process", env = "TRIGGERD_PRINT_CONFIG", default_value_t = false)]
     pub print_config: bool,
 
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "triggerd=debug").
-    #[arg(long, env = "TRIGGERD_LOG", default_value = "info")]
+    #[arg(long, help_heading = "Logging", env = "TRIGGERD_LOG", default_value = "info")]
     pub log: String,
 }
 
+/// A secret from a file: its first line, without the line end. An empty one is refused
+/// (it would silently mean "unset").
+pub fn read_secret_file(option: &str, path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{option} {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or_default().trim_end().to_string();
+    if secret.is_empty() {
+        return Err(format!("{option} {}: the file is empty", path.display()));
+    }
+    Ok(secret)
+}
+
 impl ServeConfig {
+    /// Reads --admin-token-file and --database-url-file into the values they stand for.
+    pub fn read_secret_files(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.admin_token_file {
+            self.admin_token = Some(read_secret_file("--admin-token-file", path)?);
+        }
+        if let Some(path) = &self.database_url_file {
+            self.database_url = Some(read_secret_file("--database-url-file", path)?);
+        }
+        Ok(())
+    }
+
     /// The delivery engine's settings (call after `validate`).
     pub fn delivery(&self) -> Result<crate::delivery::DeliveryConfig, String> {
         use std::time::Duration;

@@ -74,6 +74,8 @@ pub struct CoreSetup {
     pub limits: ConnectionLimits,
     /// Connections one core serves at once; beyond it 503 and close.
     pub connections_max: usize,
+    /// Each core beats its own (index = core) for the systemd watchdog.
+    pub heartbeats: Arc<super::notify::Heartbeats>,
 }
 
 /// Starts one executor per entry of `cpus`; returns once every core listens.
@@ -128,6 +130,14 @@ async fn serve_core(
     let shard = Rc::new(Shard::new(core, setup.parts));
     let drain = Rc::new(Drain::default());
     glommio::spawn_local(dispatch(Rc::clone(&shard), Rc::clone(&drain))).detach();
+    let heartbeats = Arc::clone(&setup.heartbeats);
+    glommio::spawn_local(async move {
+        loop {
+            heartbeats.beat(core, heartbeats.now_ms());
+            glommio::timer::sleep(heartbeats.interval).await;
+        }
+    })
+    .detach();
     let api = Rc::new(Api { shard, registry: setup.registry });
     let open = Rc::new(Cell::new(0usize));
     let accepting =

@@ -8,10 +8,10 @@ pub mod check;
 pub mod config;
 pub mod config_file;
 mod cores;
+pub mod notify;
 
 use std::io::Write as _;
 use std::rc::Rc;
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use crate::http::ConnectionLimits;
 use crate::metrics::Registry;
 use crate::shard::{ShardParts, ShardSettings};
 use crate::storage::local_pg::LocalPg;
+use crate::storage::pg::Target;
 use crate::storage::retention::RetentionConfig;
 use crate::storage::{self, BatchLimits, StorageConfig};
 use crate::util::{error_chain, sys};
@@ -44,14 +45,16 @@ struct Managed {
 }
 
 /// Runs `triggerd serve` until a shutdown signal; `Err` is the message to print.
-pub fn serve(config: ServeConfig) -> Result<(), String> {
+pub fn serve(mut config: ServeConfig) -> Result<(), String> {
+    let notifier = notify::Notifier::from_environment()?.map(Arc::new);
+    config.read_secret_files()?;
     config.validate()?;
     init_logging(&config.log, config.log_format);
     let signals = block_shutdown_signals();
     check_host()?;
     check_port_free(config.listen)?;
     let (database, managed) = open_database(&config)?;
-    let result = run(&config, database, &signals);
+    let result = run(&config, database, &signals, notifier);
     if let Some(managed) = managed {
         // A failed start stops only a cluster it started; a clean exit honours
         // --pg-stop-on-exit.
@@ -71,10 +74,14 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
 /// Starts everything on `database`, serves until a signal, shuts down in order.
 fn run(
     config: &ServeConfig,
-    database: tokio_postgres::Config,
+    database: Target,
     signals: &libc::sigset_t,
+    notifier: Option<Arc<notify::Notifier>>,
 ) -> Result<(), String> {
     let http_cores = config.http_cores(sys::available_cpus());
+    let watchdog = notifier.as_ref().and(notify::watchdog_period());
+    // One heartbeat per HTTP core, then the storage thread's.
+    let heartbeats = notify::Heartbeats::new(http_cores + 1, watchdog);
     let mut plan = cores::plan_placement(http_cores, &sys::allowed_cpus());
     if config.storage_cpu.is_some() {
         plan.storage_cpu = config.storage_cpu;
@@ -84,7 +91,9 @@ fn run(
     let status = Arc::new(StorageStatus::default());
     let (commands, lanes) = CommandSender::channels(config.command_queue_max);
     let deliveries = Arc::new(DeliveryControl::default());
-    let storage_config = storage_config(config, database, plan.storage_cpu, &registry, &deliveries)?;
+    let mut storage_config = storage_config(config, database, plan.storage_cpu, &registry, &deliveries)?;
+    storage_config.on_start =
+        storage_config.on_start.map(|start| beat_on_storage(start, &heartbeats, http_cores));
     storage::start(storage_config, Arc::clone(&handoff), lanes, Arc::clone(&status))
         .map_err(|e| e.to_string())?;
     let hash_pool = HashPool::start(config.argon2_threads, config.argon2_queue_max, config.argon2_memory_kib)
@@ -101,15 +110,64 @@ fn run(
         registry,
         limits: connection_limits(config),
         connections_max: config.connections_per_core_max,
+        heartbeats: Arc::clone(&heartbeats),
     };
     warn_if_open_files_short(config, http_cores);
     let cores = cores::start_http_cores(config.listen, &plan.http_cpus, setup).map_err(|e| e.to_string())?;
     tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, "cores started");
     announce_listening(config.log_format, cores.local_addr)?;
+    let watchdog = start_watchdog(notifier.as_ref(), watchdog, heartbeats, cores.local_addr)?;
     let signal = wait_for_signal(signals);
+    if let Some(notifier) = &notifier {
+        notifier.send("STOPPING=1");
+    }
+    if let Some((stop, thread)) = watchdog {
+        stop.store(true, Ordering::Relaxed);
+        thread.thread().unpark();
+        let _ = thread.join();
+    }
     shut_down(signal, config, &handoff, &deliveries, cores);
     status.closing.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+/// Wraps the storage thread's start hook so that thread beats its heartbeat too.
+fn beat_on_storage(
+    start: storage::OnStart,
+    heartbeats: &Arc<notify::Heartbeats>,
+    thread: usize,
+) -> storage::OnStart {
+    let heartbeats = Arc::clone(heartbeats);
+    Box::new(move |db| {
+        tokio::task::spawn_local(async move {
+            loop {
+                heartbeats.beat(thread, heartbeats.now_ms());
+                tokio::time::sleep(heartbeats.interval).await;
+            }
+        });
+        start(db)
+    })
+}
+
+type Watchdog = (Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>);
+
+/// Tells systemd the service is ready and, if it asked for a watchdog, starts pinging.
+fn start_watchdog(
+    notifier: Option<&Arc<notify::Notifier>>,
+    period: Option<Duration>,
+    heartbeats: Arc<notify::Heartbeats>,
+    address: std::net::SocketAddr,
+) -> Result<Option<Watchdog>, String> {
+    let Some(notifier) = notifier else { return Ok(None) };
+    notifier.send(&format!("READY=1\nSTATUS=listening on http://{address}"));
+    let Some(period) = period else { return Ok(None) };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (notifier, stopping) = (Arc::clone(notifier), Arc::clone(&stop));
+    let thread = std::thread::Builder::new()
+        .name("triggerd-watchdog".into())
+        .spawn(move || notify::run_watchdog(notifier, period, heartbeats, stopping))
+        .map_err(|e| format!("cannot start the watchdog thread: {e}"))?;
+    Ok(Some((stop, thread)))
 }
 
 /// The line tests and scripts wait for, on stdout, once every core accepts: plain
@@ -160,7 +218,7 @@ fn check_port_free(listen: std::net::SocketAddr) -> Result<(), String> {
 /// The storage thread's settings, with the delivery engine started on it.
 fn storage_config(
     config: &ServeConfig,
-    database: tokio_postgres::Config,
+    database: Target,
     cpu: Option<usize>,
     registry: &Registry,
     deliveries: &Arc<DeliveryControl>,
@@ -238,9 +296,9 @@ fn warn_if_open_files_short(config: &ServeConfig, http_cores: usize) {
 }
 
 /// The database to use, and the embedded cluster if there is one.
-fn open_database(config: &ServeConfig) -> Result<(tokio_postgres::Config, Option<Managed>), String> {
+fn open_database(config: &ServeConfig) -> Result<(Target, Option<Managed>), String> {
     if let Some(url) = &config.database_url {
-        return Ok((tokio_postgres::Config::from_str(url).map_err(|e| format!("DATABASE_URL: {e}"))?, None));
+        return Ok((Target::parse(url).map_err(|e| format!("DATABASE_URL: {e}"))?, None));
     }
     let cluster = LocalPg::new(&config.data_dir, config.pg_port).map_err(|e| e.to_string())?;
     // One serve per data directory: a second one would share the cluster, and stopping
@@ -264,7 +322,7 @@ fn open_database(config: &ServeConfig) -> Result<(tokio_postgres::Config, Option
     }
     tracing::info!(data_dir = %config.data_dir.display(), "embedded PostgreSQL running");
     let url = managed.cluster.database_url();
-    Ok((tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?, Some(managed)))
+    Ok((Target::parse(&url)?, Some(managed)))
 }
 
 pub fn init_logging(filter: &str, format: LogFormat) {

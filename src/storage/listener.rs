@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use super::notifier::{parse_notice, COMMITS_CHANNEL};
@@ -41,7 +41,7 @@ pub async fn listen(storage: Rc<Storage>) {
 }
 
 async fn session(storage: &Storage, reconnecting: bool) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = storage.db.config().connect(NoTls).await?;
+    let (client, mut connection) = storage.db.target().connect().await?;
     let (sender, mut notifications) = mpsc::channel::<(bool, String)>(PENDING_MAX);
     tokio::task::spawn_local(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

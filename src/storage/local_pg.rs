@@ -6,6 +6,10 @@
 //! connections (nothing else can reach it), and is reused on the next start. When
 //! triggerd runs as root, the cluster runs as the `postgres` user (or `nobody`), since
 //! PostgreSQL refuses to run as root.
+//!
+//! With a server certificate (`with_tls`), it also listens on TCP 127.0.0.1 (Unix
+//! sockets carry no TLS) and accepts TCP connections only over TLS (`hostssl` in
+//! `pg_hba.conf`, no `host` line): a cluster to test TLS clients against.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -41,7 +45,15 @@ pub struct LocalPg {
     bin_dir: PathBuf,
     port: u16,
     run_as: Option<(u32, u32)>,
+    /// Server certificate chain and key (PEM files) when TCP with TLS is wanted.
+    tls: Option<(PathBuf, PathBuf)>,
 }
+
+/// `pg_hba.conf` of a TLS cluster: the socket is trusted as before; TCP from loopback
+/// only with TLS; anything else has no entry and is refused.
+const TLS_HBA: &str = "local   all all              trust\n\
+                       hostssl all all 127.0.0.1/32 trust\n\
+                       hostssl all all ::1/128      trust\n";
 
 impl LocalPg {
     pub fn new(root: &Path, port: u16) -> Result<LocalPg, LocalPgError> {
@@ -50,7 +62,38 @@ impl LocalPg {
         let bin_dir = find_bin_dir().ok_or(LocalPgError::NotInstalled)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let run_as = if unsafe { libc::geteuid() } == 0 { Some(unprivileged_user()?) } else { None };
-        Ok(LocalPg { root, bin_dir, port, run_as })
+        Ok(LocalPg { root, bin_dir, port, run_as, tls: None })
+    }
+
+    /// Serves TLS on TCP 127.0.0.1 with this certificate chain and key (PEM), refusing
+    /// TCP connections without TLS. The files are copied into the cluster's directory
+    /// (the key readable by its owner only, as PostgreSQL demands).
+    pub fn with_tls(mut self, certificate: &Path, key: &Path) -> LocalPg {
+        self.tls = Some((certificate.to_path_buf(), key.to_path_buf()));
+        self
+    }
+
+    /// Copies the certificate and key in and writes the `hostssl`-only `pg_hba.conf`;
+    /// returns the server's extra options.
+    fn prepare_tls(&self, certificate: &Path, key: &Path) -> Result<String, LocalPgError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.root.join("tls");
+        std::fs::create_dir_all(&dir)?;
+        self.chown(&dir)?;
+        let (certificate_copy, key_copy) = (dir.join("server.crt"), dir.join("server.key"));
+        for (from, to, mode) in [(certificate, &certificate_copy, 0o644), (key, &key_copy, 0o600)] {
+            std::fs::copy(from, to).map_err(|e| LocalPgError::Setup(format!("{}: {e}", from.display())))?;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
+            self.chown(to)?;
+        }
+        let hba = self.data_dir().join("pg_hba.conf");
+        std::fs::write(&hba, TLS_HBA)?;
+        self.chown(&hba)?;
+        Ok(format!(
+            " -c listen_addresses='127.0.0.1' -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+            certificate_copy.display(),
+            key_copy.display()
+        ))
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -70,9 +113,20 @@ impl LocalPg {
         self.root.join("postgres.log")
     }
 
-    /// Connection string for the cluster (libpq key=value form).
+    /// Connection string for the cluster (libpq key=value form): its socket, or with
+    /// TLS its TCP address (add `sslmode=verify-full sslrootcert=<the CA>` to verify).
     pub fn database_url(&self) -> String {
-        format!("host={} port={} user={DATABASE} dbname={DATABASE}", self.socket_dir().display(), self.port)
+        match self.tls {
+            None => format!(
+                "host={} port={} user={DATABASE} dbname={DATABASE}",
+                self.socket_dir().display(),
+                self.port
+            ),
+            Some(_) => format!(
+                "host=localhost hostaddr=127.0.0.1 port={} user={DATABASE} dbname={DATABASE} sslmode=require",
+                self.port
+            ),
+        }
     }
 
     fn command(&self, program: &str) -> Command {
@@ -145,13 +199,18 @@ impl LocalPg {
         if self.is_running() {
             return Ok(false);
         }
-        let options = format!(
+        let tls_options = match &self.tls {
+            Some((certificate, key)) => self.prepare_tls(certificate, key)?,
+            None => String::new(),
+        };
+        let mut options = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -c port={} -c max_connections=200 \
              -c shared_buffers=256MB -c wal_buffers=16MB -c max_wal_size=4GB -c checkpoint_timeout=15min \
              -c synchronous_commit=on -c fsync=on",
             socket_dir.display(),
             self.port
         );
+        options.push_str(&tls_options);
         let mut start = self.command("pg_ctl");
         start.arg("start").arg("-w").arg("-t").arg("60").arg("-D").arg(self.data_dir());
         start.arg("-l").arg(self.log_file()).arg("-o").arg(options);
@@ -187,9 +246,9 @@ impl LocalPg {
             self.socket_dir().display(),
             self.port
         );
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| LocalPgError::Setup(e.to_string()))?;
+        let target = super::pg::Target::parse(&url).map_err(LocalPgError::Setup)?;
+        let (client, connection) =
+            target.connect().await.map_err(|e| LocalPgError::Setup(crate::util::error_chain(&e)))?;
         let driver = tokio::spawn(connection);
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])

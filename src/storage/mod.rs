@@ -20,6 +20,7 @@ pub mod pg;
 pub mod queries;
 pub mod retention;
 pub mod stream;
+pub mod tls;
 mod writer;
 
 use std::cell::RefCell;
@@ -113,7 +114,7 @@ pub type OnStart = Box<dyn FnOnce(Rc<Db>) + Send>;
 
 /// Settings of the storage core.
 pub struct StorageConfig {
-    pub database: tokio_postgres::Config,
+    pub database: pg::Target,
     pub batch: BatchLimits,
     /// Writer tasks, each with its own connection (2: one commits while one fills).
     pub writers: usize,

@@ -1,38 +1,92 @@
 //! PostgreSQL connections, shared by every user on the storage thread (writers,
 //! command lanes, the revocation listener, maintenance, the prober and the delivery
-//! engine): how to reach the database, connections opened lazily and reopened after a
-//! loss, statements prepared once per connection, the request path's statement
-//! timeout, and the back-off between attempts to reconnect.
+//! engine): how to reach the database (`Target`: the one connect, with TLS as
+//! `sslmode` says, also used by `migrate` and the embedded cluster's set-up),
+//! connections opened lazily and reopened after a loss, statements prepared once per
+//! connection, the request path's statement timeout, and the back-off between attempts
+//! to reconnect.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
+use super::tls::{self, SslMode, Tls};
 use crate::handoff::commands::StorageStatus;
 
 /// Longest a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A connection whose driving future the caller runs (spawns) itself.
+pub type Connection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tls::TlsStream<tokio_postgres::Socket>>;
+
+/// Where and how to connect: the connection string as tokio-postgres reads it, and the
+/// TLS settings (`sslmode`, `sslrootcert`) it does not. Every PostgreSQL connection of
+/// the process is opened by `Target::connect`.
+#[derive(Clone)]
+pub struct Target {
+    config: tokio_postgres::Config,
+    tls: Tls,
+}
+
+impl Target {
+    /// Parses a connection string (URL or key=value) and loads the roots it names.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let (rest, settings) = tls::split_tls_settings(url)?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| crate::util::error_chain(&e))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        // tokio-postgres refuses TLS without a host name; with only hostaddr given, the
+        // address is the name (libpq checks it against the certificate's IP entries).
+        if config.get_hosts().is_empty() {
+            for address in config.get_hostaddrs().to_vec() {
+                config.host(address.to_string());
+            }
+        }
+        // libpq never negotiates TLS on a Unix socket, whatever sslmode says.
+        let socket_only = !config.get_hosts().is_empty()
+            && config.get_hosts().iter().all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
+        config.ssl_mode(if socket_only {
+            SslMode::Disable.negotiation()
+        } else {
+            settings.mode.negotiation()
+        });
+        Ok(Target { config, tls: Tls::new(&settings)? })
+    }
+
+    /// Opens a connection. `prefer` retries without TLS when the handshake fails, as
+    /// libpq does; the other modes fail.
+    pub async fn connect(&self) -> Result<(Client, Connection), tokio_postgres::Error> {
+        match self.config.connect(self.tls.clone()).await {
+            Err(e) if self.tls.mode() == SslMode::Prefer && tls::is_handshake_failure(&e) => {
+                tracing::warn!(error = %crate::util::error_chain(&e), "TLS failed; sslmode=prefer connects without it");
+                let mut plain = self.config.clone();
+                plain.ssl_mode(SslMode::Disable.negotiation());
+                plain.connect(self.tls.clone()).await
+            }
+            result => result,
+        }
+    }
+}
+
 /// How to reach PostgreSQL; owned by the storage thread.
 pub struct Db {
-    config: tokio_postgres::Config,
+    target: Target,
     /// The health every HTTP core reads (`/health/ready`); cleared when a write finds
     /// the database gone, set by the prober.
     pub status: Arc<StorageStatus>,
 }
 
 impl Db {
-    pub fn new(mut config: tokio_postgres::Config, status: Arc<StorageStatus>) -> Db {
-        config.connect_timeout(CONNECT_TIMEOUT);
-        Db { config, status }
+    pub fn new(target: Target, status: Arc<StorageStatus>) -> Db {
+        Db { target, status }
     }
 
     /// Opens a connection and drives it on the storage thread's runtime.
     pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.target.connect().await?;
         let status = Arc::clone(&self.status);
         tokio::task::spawn_local(async move {
             if let Err(e) = connection.await {
@@ -51,10 +105,10 @@ impl Db {
         self.status.closing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The raw configuration, for a user that drives its connection itself (the
-    /// listener reads notifications from it).
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+    /// For a user that drives its connection itself (the listener reads
+    /// notifications from it).
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 }
 
@@ -152,6 +206,18 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_never_negotiate_tls_and_a_bare_address_gets_a_name() {
+        use tokio_postgres::config::{Host, SslMode as Negotiation};
+        let socket = Target::parse("host=/run/postgresql sslmode=verify-full").unwrap();
+        assert_eq!(socket.config.get_ssl_mode(), Negotiation::Disable);
+        let tcp = Target::parse("postgresql://db.example/app?sslmode=verify-ca").unwrap();
+        assert_eq!(tcp.config.get_ssl_mode(), Negotiation::Require);
+        let bare = Target::parse("hostaddr=127.0.0.1 sslmode=require").unwrap();
+        assert!(matches!(bare.config.get_hosts(), [Host::Tcp(name)] if name == "127.0.0.1"));
+        assert_eq!(Target::parse("host=h").unwrap().config.get_ssl_mode(), Negotiation::Prefer);
+    }
 
     #[test]
     fn backoff_doubles_to_its_ceiling_and_resets() {
