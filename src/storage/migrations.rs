@@ -24,7 +24,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "acked_leave_schedule", include_str!("migrations/0005_acked_leave_schedule.sql")),
     (6, "consumer_leases", include_str!("migrations/0006_consumer_leases.sql")),
     (7, "stream_order", include_str!("migrations/0007_stream_order.sql")),
-    (10, "delivery_control", include_str!("migrations/0010_delivery_control.sql")),
+    (8, "delivery_control", include_str!("migrations/0008_delivery_control.sql")),
 ];
 
 /// Arbitrary constant naming triggerd's migration lock.
