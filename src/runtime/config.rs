@@ -197,6 +197,13 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
 
+    /// Undelivered events are kept at most this many days: a day past it is dropped
+    /// whole even if some of its events were never delivered (they are counted in
+    /// triggerd_events_dropped_undelivered_total and logged). 0 keeps them until
+    /// delivered, however long. At least --retention-days.
+    #[arg(long, env = "TRIGGERD_UNDELIVERED_RETENTION_DAYS", default_value_t = 90)]
+    pub undelivered_retention_days: u32,
+
     /// Daily event partitions created ahead of today.
     #[arg(long, env = "TRIGGERD_PARTITIONS_AHEAD_DAYS", default_value_t = 3)]
     pub partitions_ahead_days: u32,
@@ -271,6 +278,11 @@ impl ServeConfig {
         }
         if self.partitions_ahead_days == 0 || self.maintenance_interval_ms == 0 {
             return Err("--partitions-ahead-days and --maintenance-interval-ms must be at least 1".into());
+        }
+        if self.undelivered_retention_days != 0 && self.undelivered_retention_days < self.retention_days {
+            return Err(
+                "--undelivered-retention-days must be 0 (no ceiling) or at least --retention-days".into()
+            );
         }
         if self.delivery_lease_ms <= self.webhook_timeout_ms {
             return Err("--delivery-lease-ms must exceed --webhook-timeout-ms".into());

@@ -183,6 +183,7 @@ fn storage_config(
         metrics: Arc::clone(&registry.storage),
         retention: RetentionConfig {
             retention_days: config.retention_days,
+            undelivered_retention_days: config.undelivered_retention_days,
             ahead_days: config.partitions_ahead_days,
             interval: Duration::from_millis(config.maintenance_interval_ms),
         },

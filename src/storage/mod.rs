@@ -63,7 +63,12 @@ const INBOX_READS_MAX: usize = 16;
 
 /// Partition maintenance every `interval`, and at once when a writer found a
 /// partition missing, on a connection of its own.
-async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig, wanted: Rc<Notify>) {
+async fn maintain_periodically(
+    db: Rc<Db>,
+    config: retention::RetentionConfig,
+    wanted: Rc<Notify>,
+    metrics: Arc<StorageMetrics>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
@@ -75,7 +80,10 @@ async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig, w
             Err(e) => Err(e),
         };
         match result {
-            Ok(report) => tracing::info!(?report, "partition maintenance"),
+            Ok(report) => {
+                metrics.maintained(&report);
+                tracing::info!(?report, "partition maintenance")
+            }
             Err(e) => {
                 tracing::warn!(error = %crate::util::error_chain(&e), "partition maintenance failed; retrying next interval")
             }
@@ -192,13 +200,19 @@ pub fn start(
 }
 
 /// Connects, migrates and makes today's partitions; the start-up's verdict.
-async fn prepare(db: &Db, retention: &retention::RetentionConfig) -> Result<(), StartError> {
+async fn prepare(
+    db: &Db,
+    retention: &retention::RetentionConfig,
+    metrics: &StorageMetrics,
+) -> Result<(), StartError> {
     let mut client = db.connect().await.map_err(|e| StartError::Connect(crate::util::error_chain(&e)))?;
     migrations::migrate(&mut client).await.map_err(|e| StartError::Migrate(crate::util::error_chain(&e)))?;
     // Partitions for today and ahead must exist before the first insert.
-    retention::maintain(&client, crate::util::time::now_micros(), retention).await.map_err(|e| {
-        StartError::Migrate(format!("partition maintenance: {}", crate::util::error_chain(&e)))
-    })?;
+    let report =
+        retention::maintain(&client, crate::util::time::now_micros(), retention).await.map_err(|e| {
+            StartError::Migrate(format!("partition maintenance: {}", crate::util::error_chain(&e)))
+        })?;
+    metrics.maintained(&report);
     Ok(())
 }
 
@@ -210,7 +224,7 @@ async fn run(
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
     let db = Rc::new(Db::new(config.database, status));
-    if let Err(e) = prepare(&db, &config.retention).await {
+    if let Err(e) = prepare(&db, &config.retention, &config.metrics).await {
         let _ = ready.send(Err(e));
         return;
     }
@@ -221,6 +235,7 @@ async fn run(
         Rc::clone(&db),
         config.retention,
         Rc::clone(&partitions_wanted),
+        Arc::clone(&config.metrics),
     ));
     if let Some(on_start) = config.on_start {
         on_start(Rc::clone(&db));
