@@ -142,15 +142,6 @@ fn dedup_keeps_its_24_hour_window_across_days() {
     assert_eq!(report.dedup_claims_deleted, 1);
 }
 
-/// The value of an unlabelled series in the server's `/metrics`.
-fn metric(server: &Server, name: &str) -> f64 {
-    let text = server.request("GET", "/metrics", &[], None).text();
-    let line = text.lines().find(|line| line.starts_with(&format!("{name} "))).unwrap_or_else(|| {
-        panic!("no series {name} in the exposition");
-    });
-    line[name.len() + 1..].parse().unwrap()
-}
-
 #[test]
 fn undelivered_events_are_dropped_past_the_ceiling_and_counted() {
     let database = FreshDatabase::new();
@@ -202,8 +193,8 @@ fn undelivered_events_are_dropped_past_the_ceiling_and_counted() {
     run(now - 95 * DAY);
     insert(&mut client, today - 95, &["pending", "pending"]);
     let restarted = Server::start_on(&database.url, &["--undelivered-retention-days", "90"]);
-    assert_eq!(metric(&restarted, "triggerd_events_dropped_undelivered_total"), 2.0);
-    assert_eq!(metric(&restarted, "triggerd_partitions_kept"), 1.0, "day -50 is kept");
+    assert_eq!(restarted.metric("triggerd_events_dropped_undelivered_total"), 2.0);
+    assert_eq!(restarted.metric("triggerd_partitions_kept"), 1.0, "day -50 is kept");
     let names = partitions(&mut client);
     assert!(!names.contains(&partition_name(today - 95)) && names.contains(&partition_name(today - 50)));
     let remaining: i64 = client

@@ -151,6 +151,14 @@ impl Server {
         self.connect().request(method, path, headers, body)
     }
 
+    /// One unlabelled sample of `GET /metrics` (a counter or gauge).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.request("GET", "/metrics", &[], None).text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in the exposition"))
+    }
+
     pub fn generate(&self, name: &str, tier: &str) -> Org {
         let body = format!(r#"{{"organization_name":"{name}","tier":"{tier}"}}"#);
         let response =
@@ -337,6 +345,11 @@ pub fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: O
 /// A synchronous PostgreSQL client for assertions on what was stored.
 pub fn db() -> postgres::Client {
     postgres::Client::connect(&database_url(), postgres::NoTls).expect("connect to the test database")
+}
+
+/// A synchronous client of the database at `url` (a `FreshDatabase`).
+pub fn db_at(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).expect("connect to the test database")
 }
 
 pub fn event_count(db: &mut postgres::Client, org_id: &str) -> i64 {
