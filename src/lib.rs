@@ -17,7 +17,8 @@
 //!   the connection loop only moves bytes between the socket, the framer and a
 //!   `Handler`, and frames the handler's responses.
 //! - [`model`]: the domain's nouns: tiers, organisations and their rate windows (one
-//!   shared atomic each, exact across cores).
+//!   shared atomic each: this process's slice of the organisation's window, leased from
+//!   its budget row; exact across cores and instances).
 //! - [`auth`]: API keys (format, Argon2id at rest), the bounded blocking pool where
 //!   Argon2 runs, and the fairness throttles that keep one client's wrong keys from
 //!   costing everyone else.
@@ -27,11 +28,12 @@
 //! - [`shard`]: one HTTP core's state, touched only by that core: the key table and the
 //!   key-cache protocol, ticket slots, ids, page slots, counters.
 //! - [`ingest`]: the path of one event on its core: validate (gate, then simd-json),
-//!   admit against the rate window, assign a UUIDv7, hand off, await the commit.
+//!   admit against the rate window (waiting for a lease when the slice is empty),
+//!   assign a UUIDv7, hand off, await the commit.
 //! - [`storage`]: the storage core, a thread with a tokio runtime owning every
 //!   PostgreSQL connection: group commit of the rings (`writer`, its decisions in
-//!   `writer::plan`), the commands, revocation across instances, partitions and
-//!   retention, migrations, a private cluster for development.
+//!   `writer::plan`), the commands, rate-limit leases (`ratelimit`), revocation across
+//!   instances, partitions and retention, migrations, a private cluster for development.
 //! - [`delivery`]: the webhook engine on the storage thread: leased attempts claimed
 //!   from PostgreSQL, signed (Standard Webhooks), retried on a schedule, refused for
 //!   private destinations. Its decisions (caps, backlog, claim spacing) are a plain

@@ -92,7 +92,7 @@ fn run(
     let setup = cores::CoreSetup {
         parts: ShardParts {
             handoff: Arc::clone(&handoff),
-            commands,
+            commands: commands.clone(),
             status: Arc::clone(&status),
             hash_pool,
             metrics: registry.cores.clone(),
@@ -107,7 +107,7 @@ fn run(
     tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, "cores started");
     announce_listening(config.log_format, cores.local_addr)?;
     let signal = wait_for_signal(signals);
-    shut_down(signal, config, &handoff, &deliveries, cores);
+    shut_down(signal, config, &handoff, &deliveries, cores, &commands);
     status.closing.store(true, Ordering::Relaxed);
     Ok(())
 }
@@ -309,6 +309,24 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
+/// Gives the unused rate-limit tokens of this instance back to their windows, so the
+/// other instances can admit them (otherwise they lapse when the window ends).
+fn return_rate_tokens(commands: &CommandSender, deadline: Instant) {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let now_ms = crate::util::time::now_ms();
+    if commands.send(crate::handoff::commands::Command::ReturnRateTokens { now_ms, reply }).is_err() {
+        return;
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match block_on(async move { tokio::time::timeout(remaining, answer).await }) {
+        Ok(Ok(Ok(Ok(returned)))) => tracing::info!(returned, "unused rate-limit tokens given back"),
+        Ok(Ok(Ok(Err(e)))) => {
+            tracing::warn!(error = %e, "could not give rate-limit tokens back; they lapse at their window's end")
+        }
+        _ => tracing::warn!("no answer giving rate-limit tokens back; they lapse at their window's end"),
+    }
+}
+
 /// Graceful shutdown, bounded by --shutdown-timeout-ms: every core stops accepting and
 /// closes idle connections; requests in progress are answered (with Connection: close).
 /// An ingest request is answered only after its commit, so once the connections are
@@ -319,6 +337,7 @@ fn shut_down(
     handoff: &Handoff,
     deliveries: &DeliveryControl,
     cores: HttpCores,
+    commands: &CommandSender,
 ) {
     let deadline = Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
     tracing::info!(signal, "shutting down: draining connections");
@@ -336,6 +355,7 @@ fn shut_down(
         }
     };
     wait("connections", &|| cores.connections.load(Ordering::Acquire));
+    return_rate_tokens(commands, deadline);
     deliveries.stop.store(true, Ordering::Release);
     wait("deliveries", &|| deliveries.in_flight.load(Ordering::Acquire));
     if cores.connections.load(Ordering::Acquire) == 0 {

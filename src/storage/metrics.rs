@@ -18,6 +18,11 @@ pub struct StorageMetrics {
     pub events_dropped_undelivered: AtomicU64,
     /// Old partitions the last maintenance pass kept for their undelivered events (a gauge).
     pub partitions_kept: AtomicU64,
+    /// Rate-limit leases answered, and the tokens they granted.
+    pub rate_leases: AtomicU64,
+    pub rate_tokens_leased: AtomicU64,
+    /// Unused rate-limit tokens given back to their window (at shutdown).
+    pub rate_tokens_returned: AtomicU64,
 }
 
 impl Default for StorageMetrics {
@@ -30,6 +35,9 @@ impl Default for StorageMetrics {
             batch_statements: AtomicU64::new(0),
             events_dropped_undelivered: AtomicU64::new(0),
             partitions_kept: AtomicU64::new(0),
+            rate_leases: AtomicU64::new(0),
+            rate_tokens_leased: AtomicU64::new(0),
+            rate_tokens_returned: AtomicU64::new(0),
         }
     }
 }
@@ -54,6 +62,15 @@ impl StorageMetrics {
         let dropped: u64 = report.undelivered_dropped.iter().map(|(_, events)| events).sum();
         bump(&self.events_dropped_undelivered, dropped);
         self.partitions_kept.store(report.kept.len() as u64, Ordering::Relaxed);
+    }
+
+    pub fn rate_leased(&self, tokens: u32) {
+        bump(&self.rate_leases, 1);
+        bump(&self.rate_tokens_leased, u64::from(tokens));
+    }
+
+    pub fn rate_returned(&self, tokens: u64) {
+        bump(&self.rate_tokens_returned, tokens);
     }
 
     pub fn expose(&self, exposition: &mut Exposition) {
@@ -81,6 +98,21 @@ impl StorageMetrics {
             "triggerd_partitions_kept",
             "Days past --retention-days kept because they hold undelivered events (last maintenance pass).",
             self.partitions_kept.load(Ordering::Relaxed) as f64,
+        );
+        exposition.counter(
+            "triggerd_rate_leases_total",
+            "Slices of organisations' rate windows leased from PostgreSQL by this instance.",
+            self.rate_leases.load(Ordering::Relaxed),
+        );
+        exposition.counter(
+            "triggerd_rate_tokens_leased_total",
+            "Admissions those leases granted.",
+            self.rate_tokens_leased.load(Ordering::Relaxed),
+        );
+        exposition.counter(
+            "triggerd_rate_tokens_returned_total",
+            "Unused admissions given back to their window at shutdown.",
+            self.rate_tokens_returned.load(Ordering::Relaxed),
         );
         exposition.histogram(
             "triggerd_storage_batch_size_events",

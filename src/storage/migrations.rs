@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "partition_events", include_str!("migrations/0004_partition_events.sql")),
     (5, "acked_leave_schedule", include_str!("migrations/0005_acked_leave_schedule.sql")),
     (6, "consumer_leases", include_str!("migrations/0006_consumer_leases.sql")),
+    (9, "rate_budgets", include_str!("migrations/0009_rate_budgets.sql")),
 ];
 
 /// Arbitrary constant naming triggerd's migration lock.

@@ -1,8 +1,8 @@
 //! The storage core: one thread with a tokio current-thread runtime that owns every
 //! PostgreSQL connection (`pg`). It runs the batch writers (`writer`: group commit of
 //! the events the HTTP cores push onto their rings), executes the commands the HTTP
-//! cores queue on its two lanes (`queries`), broadcasts control messages (key
-//! revocation) back to them (`listener`), keeps the daily partitions (`retention`),
+//! cores queue on its two lanes (`queries`; rate-limit leases in `ratelimit`),
+//! broadcasts control messages (key revocation) back to them (`listener`), keeps the daily partitions (`retention`),
 //! applies migrations (`migrations`) and can run a private cluster (`local_pg`).
 //!
 //! Nothing on an HTTP core ever waits on PostgreSQL directly: it pushes onto a ring or
@@ -16,6 +16,7 @@ pub(crate) mod metrics;
 pub mod migrations;
 pub mod pg;
 pub mod queries;
+pub mod ratelimit;
 pub mod retention;
 mod writer;
 
@@ -151,6 +152,8 @@ pub struct Storage {
     /// One rate window per organisation seen, shared by every core. Bounded by the
     /// number of organisations in the database.
     rate_windows: RefCell<AHashMap<Uuid, Arc<RateWindow>>>,
+    /// Counters of this thread (writers, maintenance, rate-limit leases).
+    metrics: Arc<StorageMetrics>,
 }
 
 impl Storage {
@@ -258,6 +261,7 @@ async fn run(
         inbox_reads: Semaphore::new(INBOX_READS_MAX),
         db,
         rate_windows: RefCell::new(AHashMap::new()),
+        metrics: Arc::clone(&config.metrics),
     });
     tokio::task::spawn_local(listener::listen(Rc::clone(&storage)));
     let _ = ready.send(Ok(()));

@@ -47,6 +47,7 @@ pub struct Statements {
     get_webhook: Statement,
     stop_deliveries: Statement,
     pub(super) leases: super::leases::LeaseStatements,
+    pub(super) rate: super::ratelimit::RateStatements,
 }
 
 /// The SQL of the inbox page query for a view (public so a test can EXPLAIN it).
@@ -192,6 +193,7 @@ impl super::pg::PrepareStatements for Statements {
                 .await?,
             stop_deliveries: client.prepare(SWITCH_OFF_SQL).await?,
             leases: super::leases::prepare(client).await?,
+            rate: super::ratelimit::prepare(client).await?,
         })
     }
 }
@@ -220,6 +222,12 @@ impl Storage {
             }
             Command::RotateKey { new, reply } => {
                 let _ = reply.send(self.rotate_key(new).await.map_err(CommandError::from));
+            }
+            Command::RateLease { org_id, limit, want, need, now_ms, window } => {
+                self.lease_rate(org_id, limit, (want, need), now_ms, &window).await;
+            }
+            Command::ReturnRateTokens { now_ms, reply } => {
+                let _ = reply.send(self.return_rate_tokens(now_ms).await.map_err(CommandError::from));
             }
             Command::GetOrg { org_id, reply } => {
                 let _ = reply.send(self.get_org(org_id).await.map_err(CommandError::from));
