@@ -221,6 +221,13 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Access log: one JSON line per request on stderr (request id, method, path, route,
+    /// status, duration, organisation, client), written off the HTTP cores (lines are
+    /// dropped and counted, never waited for, if stderr falls behind). Also logs every
+    /// webhook attempt at INFO, successes included.
+    #[arg(long, env = "TRIGGERD_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: bool,
+
     /// Configuration file: `name = value` lines, names being these options' long names
     /// (e.g. `http-cores = 3`). Flags and environment variables take precedence.
     #[arg(long, env = "TRIGGERD_CONFIG")]
@@ -248,6 +255,7 @@ impl ServeConfig {
             in_flight_max: self.deliveries_in_flight_max,
             per_org_max: self.deliveries_per_org_max,
             poll_interval: Duration::from_millis(self.delivery_poll_ms),
+            log_every_attempt: self.access_log,
         })
     }
 

@@ -74,6 +74,8 @@ pub struct CoreSetup {
     pub limits: ConnectionLimits,
     /// Connections one core serves at once; beyond it 503 and close.
     pub connections_max: usize,
+    /// The access log's sink, when `--access-log` is on.
+    pub access_log: Option<crate::util::logsink::LogSink>,
 }
 
 /// Starts one executor per entry of `cpus`; returns once every core listens.
@@ -128,7 +130,7 @@ async fn serve_core(
     let shard = Rc::new(Shard::new(core, setup.parts));
     let drain = Rc::new(Drain::default());
     glommio::spawn_local(dispatch(Rc::clone(&shard), Rc::clone(&drain))).detach();
-    let api = Rc::new(Api { shard, registry: setup.registry });
+    let api = Rc::new(Api { shard, registry: setup.registry, access_log: setup.access_log });
     let open = Rc::new(Cell::new(0usize));
     let accepting =
         Accepting { api, limits: setup.limits, connections_max: setup.connections_max, connections };

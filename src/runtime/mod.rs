@@ -28,6 +28,7 @@ use crate::shard::{ShardParts, ShardSettings};
 use crate::storage::local_pg::LocalPg;
 use crate::storage::retention::RetentionConfig;
 use crate::storage::{self, BatchLimits, StorageConfig};
+use crate::util::logsink::LogSink;
 use crate::util::{error_chain, sys};
 use config::{LogFormat, ServeConfig};
 pub use cores::{HttpCores, HTTP_CORE_STACK_BYTES, IO_MEMORY_BYTES, MEMLOCK_BYTES_MIN};
@@ -89,6 +90,13 @@ fn run(
         .map_err(|e| e.to_string())?;
     let hash_pool = HashPool::start(config.argon2_threads, config.argon2_queue_max, config.argon2_memory_kib)
         .map_err(|e| e.to_string())?;
+    let (access_log, log_writer) = match config.access_log {
+        true => {
+            LogSink::start().map(|(sink, writer)| (Some(sink), Some(writer))).map_err(|e| e.to_string())?
+        }
+        false => (None, None),
+    };
+    let instance_id = random_instance_id();
     let setup = cores::CoreSetup {
         parts: ShardParts {
             handoff: Arc::clone(&handoff),
@@ -96,20 +104,40 @@ fn run(
             status: Arc::clone(&status),
             hash_pool,
             metrics: registry.cores.clone(),
-            settings: Arc::new(shard_settings(config)),
+            settings: Arc::new(shard_settings(config, instance_id)),
         },
         registry,
         limits: connection_limits(config),
         connections_max: config.connections_per_core_max,
+        access_log,
     };
     warn_if_open_files_short(config, http_cores);
     let cores = cores::start_http_cores(config.listen, &plan.http_cpus, setup).map_err(|e| e.to_string())?;
-    tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, "cores started");
+    let instance = format!("{instance_id:016x}");
+    tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, instance, "cores started");
     announce_listening(config.log_format, cores.local_addr)?;
     let signal = wait_for_signal(signals);
     shut_down(signal, config, &handoff, &deliveries, cores, &commands);
     status.closing.store(true, Ordering::Relaxed);
+    if let Some(writer) = log_writer {
+        if !writer.close(LOG_FLUSH_TIMEOUT) {
+            tracing::warn!("access-log lines still queued at exit were lost (stderr not read)");
+        }
+    }
     Ok(())
+}
+
+/// Longest the exit waits for queued access-log lines to be written.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A random id for this process: the prefix of its request ids.
+fn random_instance_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No entropy: the time still tells restarts apart.
+        return crate::util::time::now_micros() as u64;
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// The line tests and scripts wait for, on stdout, once every core accepts: plain
@@ -195,7 +223,7 @@ fn storage_config(
     })
 }
 
-fn shard_settings(config: &ServeConfig) -> ShardSettings {
+fn shard_settings(config: &ServeConfig, instance_id: u64) -> ShardSettings {
     ShardSettings {
         admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
         key_cache_max: config.key_cache_max,
@@ -203,6 +231,7 @@ fn shard_settings(config: &ServeConfig) -> ShardSettings {
         key_failures_per_id_max: config.key_failures_per_id_max,
         key_failures_per_address_max: config.key_failures_per_address_max,
         signups_per_address_max: config.signups_per_address_max,
+        instance_id,
     }
 }
 

@@ -98,11 +98,16 @@ impl Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_triggerd"));
         command
             .args(["serve", "--listen", listen, "--http-cores", "2", "--database-url", database])
-            .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB])
-            .args(["--log", &std::env::var("TRIGGERD_TEST_LOG").unwrap_or_else(|_| "warn".into())])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(if log.is_some() { Stdio::piped() } else { Stdio::inherit() });
+            .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB]);
+        // A test that reads the log may choose its level.
+        if !extra.contains(&"--log") {
+            command.args(["--log", &std::env::var("TRIGGERD_TEST_LOG").unwrap_or_else(|_| "warn".into())]);
+        }
+        command.args(extra).stdout(Stdio::piped()).stderr(if log.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
         let mut child = command.spawn().expect("spawn triggerd");
         if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
             std::thread::spawn(move || {
