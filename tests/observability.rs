@@ -118,3 +118,73 @@ fn the_access_log_has_one_json_line_per_request_and_a_line_per_webhook_attempt()
     );
     assert!(delivered.contains("attempt=1") && delivered.contains("duration_ms="), "{delivered}");
 }
+
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+/// Parses the exposition with a real Prometheus text-format parser.
+fn parses(text: &str) {
+    let lines = text.lines().map(|l| Ok(l.to_string())).collect::<Vec<_>>();
+    prometheus_parse::Scrape::parse(lines.into_iter()).expect("valid exposition format");
+}
+
+#[test]
+fn metrics_report_the_process_the_build_and_the_queues() {
+    let server = Server::start(&[]);
+    // Connections held open, each having served a request (so each is accepted).
+    let mut held: Vec<_> = (0..5).map(|_| server.connect()).collect();
+    for conn in &mut held {
+        assert_eq!(conn.request("GET", "/health", &[], None).status, 200);
+    }
+    let text = server.metrics_text();
+    parses(&text);
+    assert!(sample(&text, "triggerd_http_connections_open") >= 6.0, "5 held and the scraping one");
+    assert!(sample(&text, "process_cpu_seconds_total") > 0.0);
+    assert!(sample(&text, "process_resident_memory_bytes") > 1_000_000.0);
+    let (open, max) = (sample(&text, "process_open_fds"), sample(&text, "process_max_fds"));
+    assert!(open >= 6.0 && max >= open, "{open} of {max}");
+    let started = sample(&text, "process_start_time_seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(started <= now && started > now - 600.0, "started {started}, now {now}");
+    let version = format!("triggerd_build_info{{version=\"{}\",commit=\"", env!("CARGO_PKG_VERSION"));
+    assert!(text.lines().any(|line| line.starts_with(&version) && line.ends_with("} 1")), "{text}");
+    for line in [
+        "triggerd_command_queue_depth{lane=\"keys\"} 0",
+        "triggerd_command_queue_depth{lane=\"reads\"} 0",
+        "triggerd_deliveries_in_flight 0",
+        "triggerd_partitions_kept 0",
+        "triggerd_access_log_dropped_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}");
+    }
+    drop(held);
+}
+
+#[test]
+fn metrics_listen_serves_them_apart_and_the_public_port_no_more() {
+    let server = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr.expect("the metrics line names the address");
+    assert_ne!(metrics.port(), server.addr.port());
+    server.request("GET", "/metrics", &[], None).assert_error(404, "not_found");
+    let mut conn = common::Conn::new(metrics);
+    let response = conn.request("GET", "/metrics", &[], None);
+    assert_eq!(response.status, 200);
+    assert!(response.header("Content-Type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert_eq!(response.header("Connection"), Some("close"));
+    parses(&response.text());
+    assert!(sample(&response.text(), "process_open_fds") > 0.0);
+    let mut head = common::Conn::new(metrics);
+    head.send(b"HEAD /metrics HTTP/1.1\r\n\r\n");
+    let mut raw = String::new();
+    std::io::Read::read_to_string(&mut head.stream, &mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n") && raw.ends_with("\r\n\r\n"), "no body: {raw}");
+    common::Conn::new(metrics).request("GET", "/health", &[], None).assert_error(404, "not_found");
+    let refused = common::Conn::new(metrics).request("POST", "/metrics", &[], Some("{}"));
+    refused.assert_error(405, "method_not_allowed");
+    assert_eq!(refused.header("Allow"), Some("GET, HEAD"));
+    // The API keeps serving on its own port.
+    assert_eq!(server.request("GET", "/health", &[], None).status, 200);
+}

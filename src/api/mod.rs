@@ -16,12 +16,11 @@ mod webhooks;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::handoff::commands::{Command, Reply};
 use crate::http::{Handler, Method, ProtocolError, Request, ResponseBuf};
-use crate::metrics::Registry;
+use crate::metrics::Scraper;
 use crate::shard::{Shard, REQUEST_ID_GENERATED_BYTES_MAX};
 use crate::util::logsink::LogSink;
 use error::ApiError;
@@ -137,8 +136,9 @@ pub fn route(method: Method, path: &str) -> Result<Matched<'_>, ApiError> {
 pub struct Api {
     /// This core's state.
     pub shard: Rc<Shard>,
-    /// Every subsystem's counters, for `GET /metrics`.
-    pub registry: Arc<Registry>,
+    /// The way to `GET /metrics` on this port; `None` when metrics are served on
+    /// `--metrics-listen` only (then 404 here).
+    pub metrics: Option<Scraper>,
     /// Where access-log lines go (`--access-log`); `None`: no access log.
     pub access_log: Option<LogSink>,
 }
@@ -155,7 +155,7 @@ impl Api {
         match route {
             Route::Health => health::live(response),
             Route::Ready => health::ready(shard, response),
-            Route::Metrics => metrics::scrape(shard, &self.registry, response),
+            Route::Metrics => metrics::scrape(self.metrics.as_ref(), response).await,
             Route::KeysGenerate => keys::generate(shard, request, response).await,
             Route::Keys => keys::show(shard, request, response).await,
             Route::KeysRotate => keys::rotate(shard, request, response).await,

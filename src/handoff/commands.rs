@@ -67,6 +67,14 @@ pub enum Lane {
 
 impl Lane {
     pub const ALL: [Lane; 2] = [Lane::Keys, Lane::Reads];
+
+    /// The lane's label in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Keys => "keys",
+            Lane::Reads => "reads",
+        }
+    }
 }
 
 /// A request for the storage core, answered on its `reply`.
@@ -276,6 +284,12 @@ impl CommandSender {
         let (keys, keys_receiver) = mpsc::channel(queue_max);
         let (reads, reads_receiver) = mpsc::channel(queue_max);
         (CommandSender { lanes: [keys, reads] }, [keys_receiver, reads_receiver])
+    }
+
+    /// Commands queued on `lane` now (a gauge).
+    pub fn depth(&self, lane: Lane) -> usize {
+        let sender = &self.lanes[lane as usize];
+        sender.max_capacity() - sender.capacity()
     }
 
     /// Queues a command without waiting; `QueueFull` means answer 503.

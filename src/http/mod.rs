@@ -3,9 +3,11 @@
 //! (`framer`: bodies, timeouts, limits and `100 Continue` decided from bytes and `now`,
 //! with no I/O) and the per-connection loop (`conn`) that moves bytes between the
 //! socket, the framer and a `Handler`, writing responses in order (pipelining,
-//! keep-alive, draining).
+//! keep-alive, draining). Apart from the cores, `exporter` serves one read-only
+//! resource on a blocking thread of its own (the metrics port).
 
 pub mod conn;
+pub mod exporter;
 pub mod framer;
 pub mod parser;
 pub mod response;

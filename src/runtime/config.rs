@@ -37,6 +37,12 @@ pub struct ServeConfig {
     #[arg(long, env = "TRIGGERD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
+    /// Serve GET /metrics on this address (`ip:port` or `host:port`), from a thread of
+    /// its own, instead of on the public --listen port (which then answers 404 there).
+    /// Port 0 picks one, printed as "triggerd metrics on http://…/metrics".
+    #[arg(long, env = "TRIGGERD_METRICS_LISTEN", value_parser = parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Number of HTTP cores (glommio executors, one pinned thread each). Default: all
     /// CPUs but one, at least one. May exceed the CPU count (cores then share CPUs).
     #[arg(long, env = "TRIGGERD_HTTP_CORES")]
@@ -286,6 +292,9 @@ impl ServeConfig {
         }
         if self.partitions_ahead_days == 0 || self.maintenance_interval_ms == 0 {
             return Err("--partitions-ahead-days and --maintenance-interval-ms must be at least 1".into());
+        }
+        if self.metrics_listen.is_some_and(|m| m.port() != 0 && m.port() == self.listen.port()) {
+            return Err("--metrics-listen must use another port than --listen".into());
         }
         if self.undelivered_retention_days != 0 && self.undelivered_retention_days < self.retention_days {
             return Err(

@@ -12,7 +12,7 @@ mod cores;
 use std::io::Write as _;
 use std::rc::Rc;
 use std::str::FromStr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,9 @@ use crate::auth::pool::HashPool;
 use crate::delivery::{DeliveryControl, Engine, HANDOFF_QUEUE_MAX};
 use crate::handoff::commands::{CommandSender, StorageStatus};
 use crate::handoff::{Control, Handoff};
+use crate::http::response::CONTENT_TYPE_TEXT;
 use crate::http::ConnectionLimits;
-use crate::metrics::Registry;
+use crate::metrics::{Registry, Scrape, Scraper, Sources};
 use crate::shard::{ShardParts, ShardSettings};
 use crate::storage::local_pg::LocalPg;
 use crate::storage::retention::RetentionConfig;
@@ -50,7 +51,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     init_logging(&config.log, config.log_format);
     let signals = block_shutdown_signals();
     check_host()?;
-    check_port_free(config.listen)?;
+    check_port_free(config.listen, "--listen")?;
     let (database, managed) = open_database(&config)?;
     let result = run(&config, database, &signals);
     if let Some(managed) = managed {
@@ -96,6 +97,16 @@ fn run(
         }
         false => (None, None),
     };
+    let connections = Arc::new(AtomicUsize::new(0));
+    let sources = Sources {
+        handoff: Arc::clone(&handoff),
+        status: Arc::clone(&status),
+        commands: commands.clone(),
+        connections: Arc::clone(&connections),
+        deliveries: Arc::clone(&deliveries),
+        access_log: access_log.clone(),
+    };
+    let scraper = start_metrics(config, Arc::new(Scrape { registry: Arc::clone(&registry), sources }))?;
     let instance_id = random_instance_id();
     let setup = cores::CoreSetup {
         parts: ShardParts {
@@ -106,16 +117,17 @@ fn run(
             metrics: registry.cores.clone(),
             settings: Arc::new(shard_settings(config, instance_id)),
         },
-        registry,
+        metrics: scraper,
         limits: connection_limits(config),
         connections_max: config.connections_per_core_max,
         access_log,
     };
     warn_if_open_files_short(config, http_cores);
-    let cores = cores::start_http_cores(config.listen, &plan.http_cpus, setup).map_err(|e| e.to_string())?;
+    let cores = cores::start_http_cores(config.listen, &plan.http_cpus, setup, connections)
+        .map_err(|e| e.to_string())?;
     let instance = format!("{instance_id:016x}");
     tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, instance, "cores started");
-    announce_listening(config.log_format, cores.local_addr)?;
+    announce(config.log_format, &format!("triggerd listening on http://{}", cores.local_addr))?;
     let signal = wait_for_signal(signals);
     shut_down(signal, config, &handoff, &deliveries, cores, &commands);
     status.closing.store(true, Ordering::Relaxed);
@@ -140,19 +152,21 @@ fn random_instance_id() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// The line tests and scripts wait for, on stdout, once every core accepts: plain
-/// text, or one JSON object with `--log-format json` (its message is the same text).
-fn announce_listening(format: LogFormat, address: std::net::SocketAddr) -> Result<(), String> {
-    let line = format!("triggerd listening on http://{address}");
+/// The lines tests and scripts wait for, on stdout: "triggerd listening on http://…"
+/// once every core accepts (and, before it, "triggerd metrics on http://…/metrics" with
+/// `--metrics-listen`): plain text, or one JSON object with `--log-format json` (its
+/// message is the same text).
+fn announce(format: LogFormat, line: &str) -> Result<(), String> {
     let mut stdout = std::io::stdout();
     match format {
         LogFormat::Text => writeln!(stdout, "{line}"),
         LogFormat::Json => {
+            let address = line.rsplit(' ').next().unwrap_or_default();
             let mut json = Vec::new();
             crate::util::json::ObjectWriter::new(&mut json)
                 .str("level", "INFO")
-                .str("message", &line)
-                .str("address", &format!("http://{address}"))
+                .str("message", line)
+                .str("address", address)
                 .finish();
             writeln!(stdout, "{}", String::from_utf8_lossy(&json))
         }
@@ -161,9 +175,25 @@ fn announce_listening(format: LogFormat, address: std::net::SocketAddr) -> Resul
     .map_err(|e| e.to_string())
 }
 
+/// Where `GET /metrics` is rendered: with `--metrics-listen`, a listener of its own
+/// (and the public port answers 404); otherwise the scrape thread the cores ask.
+fn start_metrics(config: &ServeConfig, scrape: Arc<Scrape>) -> Result<Option<Scraper>, String> {
+    let Some(address) = config.metrics_listen else {
+        return Scraper::start(scrape).map(Some).map_err(|e| format!("cannot start the scrape thread: {e}"));
+    };
+    check_port_free(address, "--metrics-listen")?;
+    let listener =
+        std::net::TcpListener::bind(address).map_err(|e| format!("--metrics-listen {address}: {e}"))?;
+    let bound =
+        crate::http::exporter::start(listener, "/metrics", CONTENT_TYPE_TEXT, move || scrape.render())
+            .map_err(|e| format!("--metrics-listen {address}: {e}"))?;
+    announce(config.log_format, &format!("triggerd metrics on http://{bound}/metrics"))?;
+    Ok(None)
+}
+
 /// Refuses to start on a port another process listens on. SO_REUSEPORT would
 /// otherwise let two servers share it silently, each answering some requests.
-fn check_port_free(listen: std::net::SocketAddr) -> Result<(), String> {
+fn check_port_free(listen: std::net::SocketAddr, option: &str) -> Result<(), String> {
     if listen.port() == 0 {
         return Ok(());
     }
@@ -178,7 +208,7 @@ fn check_port_free(listen: std::net::SocketAddr) -> Result<(), String> {
                 None => String::new(),
             };
             Err(format!(
-                "{listen} is already in use{holder}; stop that process or choose another --listen port"
+                "{listen} is already in use{holder}; stop that process or choose another {option} port"
             ))
         }
         Err(e) => Err(format!("cannot listen on {listen}: {e}")),

@@ -57,6 +57,8 @@ impl Drop for FreshDatabase {
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served apart from `addr` (`--metrics-listen`), if it is.
+    pub metrics_addr: Option<SocketAddr>,
     child: Child,
 }
 
@@ -118,11 +120,16 @@ impl Server {
         }
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics_addr = None;
         let mut addr: SocketAddr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(addr) = line.strip_prefix("triggerd listening on http://") {
                         break addr.parse().expect("address on the listening line");
+                    }
+                    if let Some(rest) = line.strip_prefix("triggerd metrics on http://") {
+                        let addr = rest.strip_suffix("/metrics").expect("the metrics path");
+                        metrics_addr = Some(addr.parse().expect("address on the metrics line"));
                     }
                 }
                 _ => {
@@ -138,7 +145,7 @@ impl Server {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { addr, child }
+        Server { addr, metrics_addr, child }
     }
 
     pub fn connect(&self) -> Conn {
@@ -156,9 +163,17 @@ impl Server {
         self.connect().request(method, path, headers, body)
     }
 
+    /// The text of `GET /metrics`, from the metrics address if the server has one.
+    pub fn metrics_text(&self) -> String {
+        let response =
+            Conn::new(self.metrics_addr.unwrap_or(self.addr)).request("GET", "/metrics", &[], None);
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.text()
+    }
+
     /// One unlabelled sample of `GET /metrics` (a counter or gauge).
     pub fn metric(&self, name: &str) -> f64 {
-        let text = self.request("GET", "/metrics", &[], None).text();
+        let text = self.metrics_text();
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no sample {name} in the exposition"))
