@@ -8,7 +8,8 @@ mod common;
 
 use common::{FreshDatabase, Response, Server};
 use triggerd::model::ratelimit::WINDOW_MS;
-use triggerd::storage::ratelimit::{give_back, lease, lease_sql};
+use triggerd::storage::pg::PrepareStatements;
+use triggerd::storage::ratelimit::{give_back, lease_many, LeaseRequest, RateStatements};
 use uuid::Uuid;
 
 const EVENT: &str = r#"{"type":"t","payload":{}}"#;
@@ -96,6 +97,19 @@ fn an_instance_that_shuts_down_gives_its_unused_slice_back() {
     assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 5);
 }
 
+/// One lease of `org`, as a batch of one: (window start, used, granted).
+async fn one(
+    client: &tokio_postgres::Client,
+    statements: &RateStatements,
+    org: Uuid,
+    now_ms: u64,
+    (want, need): (u32, u32),
+) -> (u64, u32, u32) {
+    let request = LeaseRequest { org_id: org, now_ms, want, need, limit: 100 };
+    let lease = lease_many(client, statements, &[request]).await.unwrap()[&org];
+    (lease.window_start_ms, lease.used, lease.granted)
+}
+
 #[test]
 fn the_budget_row_never_leases_more_than_the_limit() {
     let database = FreshDatabase::new();
@@ -104,61 +118,62 @@ fn the_budget_row_never_leases_more_than_the_limit() {
         let (client, connection) =
             tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
-        client
+        let statements = RateStatements::prepare(&client).await.unwrap();
+        (client, statements)
     };
     runtime.block_on(async {
-        let mut client = connect().await;
+        let (mut client, connection) =
+            tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
         triggerd::storage::migrations::migrate(&mut client).await.unwrap();
-        let (org, sql) = (Uuid::now_v7(), lease_sql());
-        let t0 = 1_790_000_000_000u64;
-        let granted =
-            |lease: triggerd::model::ratelimit::Lease| (lease.window_start_ms, lease.used, lease.granted);
+        let (client, statements) = connect().await;
+        let (org, t0) = (Uuid::now_v7(), 1_790_000_000_000u64);
         // A fresh row opens the window at the asking `now`.
-        assert_eq!(granted(lease(&client, &sql, org, t0, (10, 0), 100).await.unwrap()), (t0, 10, 10));
+        assert_eq!(one(&client, &statements, org, t0, (10, 0)).await, (t0, 10, 10));
         // At most half of what is left ...
-        assert_eq!(granted(lease(&client, &sql, org, t0 + 1, (80, 0), 100).await.unwrap()), (t0, 55, 45));
+        assert_eq!(one(&client, &statements, org, t0 + 1, (80, 0)).await, (t0, 55, 45));
         // ... unless the waiting requests need more, and never more than is left.
-        assert_eq!(granted(lease(&client, &sql, org, t0 + 2, (80, 40), 100).await.unwrap()), (t0, 95, 40));
-        let tail: Vec<u32> = [
-            lease(&client, &sql, org, t0 + 3, (10, 0), 100).await.unwrap().granted,
-            lease(&client, &sql, org, t0 + 4, (10, 0), 100).await.unwrap().granted,
-            lease(&client, &sql, org, t0 + 5, (10, 0), 100).await.unwrap().granted,
-            lease(&client, &sql, org, t0 + 59_999, (10, 10), 100).await.unwrap().granted,
-        ]
-        .into();
+        assert_eq!(one(&client, &statements, org, t0 + 2, (80, 40)).await, (t0, 95, 40));
+        let mut tail = Vec::new();
+        for (now, ask) in [(t0 + 3, (10, 0)), (t0 + 4, (10, 0)), (t0 + 5, (10, 0)), (t0 + 59_999, (10, 10))] {
+            tail.push(one(&client, &statements, org, now, ask).await.2);
+        }
         assert_eq!(tail, vec![3, 1, 1, 0], "shrinking slices, then nothing until the window ends");
         // Given back within the window: leasable again; to an ended window: ignored.
-        assert!(give_back(&client, triggerd::storage::ratelimit::GIVE_BACK_SQL, org, t0, 5).await.unwrap());
-        assert!(!give_back(&client, triggerd::storage::ratelimit::GIVE_BACK_SQL, org, t0 - WINDOW_MS, 5)
-            .await
-            .unwrap());
-        assert_eq!(granted(lease(&client, &sql, org, t0 + 59_999, (10, 0), 100).await.unwrap()), (t0, 98, 3));
+        assert!(give_back(&client, org, t0, 5).await.unwrap());
+        assert!(!give_back(&client, org, t0 - WINDOW_MS, 5).await.unwrap());
+        assert_eq!(one(&client, &statements, org, t0 + 59_999, (10, 0)).await, (t0, 98, 3));
         // The next window starts at the first lease after this one's end.
         let next = t0 + WINDOW_MS + 7;
-        assert_eq!(granted(lease(&client, &sql, org, next, (5, 0), 100).await.unwrap()), (next, 5, 5));
+        assert_eq!(one(&client, &statements, org, next, (5, 0)).await, (next, 5, 5));
 
-        // Many instances leasing at once: the grants add up to the limit, never more.
-        let other = Uuid::now_v7();
-        let mut clients = Vec::new();
-        for _ in 0..8 {
-            clients.push(std::sync::Arc::new(connect().await));
-        }
+        // Eight instances leasing batches of the same three organisations at once, in
+        // different orders: no deadlock, and each window's grants add up to its limit.
+        let orgs = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
         let mut tasks = Vec::new();
-        let sql = std::sync::Arc::new(sql);
-        for i in 0..40 {
-            let client = std::sync::Arc::clone(&clients[i % clients.len()]);
-            let sql = std::sync::Arc::clone(&sql);
+        for instance in 0..8usize {
+            let (client, statements) = connect().await;
             tasks.push(tokio::spawn(async move {
-                lease(&client, &*sql, other, t0, (7, 3), 100).await.unwrap().granted
+                let mut granted = [0u32; 3];
+                for round in 0..5usize {
+                    let mut batch: Vec<LeaseRequest> = (0..3)
+                        .map(|i| LeaseRequest { org_id: orgs[i], now_ms: t0, want: 7, need: 3, limit: 100 })
+                        .collect();
+                    batch.rotate_left((instance + round) % 3);
+                    let leases = lease_many(&client, &statements, &batch).await.unwrap();
+                    for (i, org) in orgs.iter().enumerate() {
+                        granted[i] += leases[org].granted;
+                    }
+                }
+                granted
             }));
         }
-        let mut total = 0;
+        let mut totals = [0u32; 3];
         for task in tasks {
-            total += task.await.unwrap();
+            for (total, granted) in totals.iter_mut().zip(task.await.unwrap()) {
+                *total += granted;
+            }
         }
-        assert_eq!(total, 100);
-        let row =
-            client.query_one("SELECT used FROM rate_budgets WHERE org_id = $1", &[&other]).await.unwrap();
-        assert_eq!(row.get::<_, i32>(0), 100);
+        assert_eq!(totals, [100, 100, 100], "8 x 5 x 7 asked for, each limit granted exactly");
     });
 }

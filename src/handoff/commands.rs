@@ -101,6 +101,8 @@ pub enum Command {
     /// row: `want` tokens, of which requests waiting now `need` (see
     /// `RateWindow::begin_refill`), asked at `now_ms`. The answer goes to `window`
     /// (`apply_lease` or `refill_failed`), which wakes every request waiting on it.
+    /// Queued on the key lane; sent with the other leases of its batch on a
+    /// connection of their own.
     RateLease {
         org_id: Uuid,
         limit: u32,

@@ -61,8 +61,10 @@ pub async fn admit(shard: &Shard, org: &Org, now_ms: u64, need: u32) -> Result<A
             Admission::Limited { reset_ms } => return Err(Refused::Limited { reset_ms }),
             Admission::Empty if rounds == REFILL_ROUNDS_MAX => return Err(Refused::Unavailable),
             Admission::Empty => {
+                if rounds == 0 {
+                    CoreMetrics::count(&shard.metrics().rate_limit_waits, 1);
+                }
                 rounds += 1;
-                CoreMetrics::count(&shard.metrics().rate_limit_waits, 1);
                 let _waiting = rate.wait_for(need.max(1));
                 start_refill(shard, org, now_ms).map_err(|()| Refused::Unavailable)?;
                 refilled.await;

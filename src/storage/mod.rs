@@ -1,7 +1,8 @@
 //! The storage core: one thread with a tokio current-thread runtime that owns every
 //! PostgreSQL connection (`pg`). It runs the batch writers (`writer`: group commit of
 //! the events the HTTP cores push onto their rings), executes the commands the HTTP
-//! cores queue on its two lanes (`queries`; rate-limit leases in `ratelimit`),
+//! cores queue on its two lanes (`queries`; rate-limit leases, batched on a
+//! connection of their own, in `ratelimit`),
 //! broadcasts control messages (key revocation) back to them (`listener`), keeps the daily partitions (`retention`),
 //! applies migrations (`migrations`) and can run a private cluster (`local_pg`).
 //!
@@ -154,6 +155,8 @@ pub struct Storage {
     rate_windows: RefCell<AHashMap<Uuid, Arc<RateWindow>>>,
     /// Counters of this thread (writers, maintenance, rate-limit leases).
     metrics: Arc<StorageMetrics>,
+    /// Rate-limit leases waiting for the next batch (`ratelimit::run` sends them).
+    rate_leases: Rc<ratelimit::LeaseQueue>,
 }
 
 impl Storage {
@@ -255,6 +258,12 @@ async fn run(
         }));
     }
     let timeout = config.statement_timeout;
+    let rate_leases = Rc::new(ratelimit::LeaseQueue::default());
+    tokio::task::spawn_local(ratelimit::run(
+        Rc::clone(&rate_leases),
+        Rc::new(LazyConnection::with_statement_timeout(Rc::clone(&db), timeout)),
+        Arc::clone(&config.metrics),
+    ));
     let storage = Rc::new(Storage {
         handoff,
         connections: Lane::ALL.map(|_| LazyConnection::with_statement_timeout(Rc::clone(&db), timeout)),
@@ -262,6 +271,7 @@ async fn run(
         db,
         rate_windows: RefCell::new(AHashMap::new()),
         metrics: Arc::clone(&config.metrics),
+        rate_leases,
     });
     tokio::task::spawn_local(listener::listen(Rc::clone(&storage)));
     let _ = ready.send(Ok(()));

@@ -47,7 +47,6 @@ pub struct Statements {
     get_webhook: Statement,
     stop_deliveries: Statement,
     pub(super) leases: super::leases::LeaseStatements,
-    pub(super) rate: super::ratelimit::RateStatements,
 }
 
 /// The SQL of the inbox page query for a view (public so a test can EXPLAIN it).
@@ -193,7 +192,6 @@ impl super::pg::PrepareStatements for Statements {
                 .await?,
             stop_deliveries: client.prepare(SWITCH_OFF_SQL).await?,
             leases: super::leases::prepare(client).await?,
-            rate: super::ratelimit::prepare(client).await?,
         })
     }
 }
@@ -224,7 +222,8 @@ impl Storage {
                 let _ = reply.send(self.rotate_key(new).await.map_err(CommandError::from));
             }
             Command::RateLease { org_id, limit, want, need, now_ms, window } => {
-                self.lease_rate(org_id, limit, (want, need), now_ms, &window).await;
+                let request = super::ratelimit::LeaseRequest { org_id, now_ms, want, need, limit };
+                self.rate_leases.push(request, window);
             }
             Command::ReturnRateTokens { now_ms, reply } => {
                 let _ = reply.send(self.return_rate_tokens(now_ms).await.map_err(CommandError::from));
