@@ -5,8 +5,9 @@
 //! the organisation on this process waits for.
 //!
 //! The wait is bounded: a request waits for at most `REFILL_ROUNDS_MAX` leases, each
-//! one statement on the key lane (under a millisecond when the database keeps up, at
-//! most the statement timeout). A lease that fails, a full command queue, or rounds
+//! one batch transaction on the lease connection (about a millisecond when the database
+//! keeps up; at worst its two statements' timeouts, plus the connect timeout if the
+//! connection must be reopened). A lease that fails, a full command queue, or rounds
 //! that leave the request nothing (others took what they brought) answer 503: nothing
 //! is stored, and it is not a 429, since the limit was not shown to be reached.
 
