@@ -7,8 +7,12 @@ use crate::http::Request;
 use crate::shard::auth::Authenticated;
 use crate::shard::Shard;
 
+/// Verifies the request's key; the organisation is noted on the request (for the
+/// access log).
 pub async fn authenticate(shard: &Shard, request: &Request<'_>) -> Result<Authenticated, ApiError> {
-    Ok(shard.authenticate(request.api_key(), request.peer).await?)
+    let authenticated = shard.authenticate(request.api_key(), request.peer).await?;
+    request.note_principal(authenticated.org.id.as_u128());
+    Ok(authenticated)
 }
 
 /// A throttle's refusal as the API's 429.

@@ -76,6 +76,7 @@ pub async fn generate(
         // Open sign-up: each costs an Argon2 hash and a row; bounded per address.
         None => throttled(shard.admit_signup(request.peer, now_ms()), "too many sign-ups from this address")?,
     }
+    let principal = request.principal;
     let sign_up = decode_sign_up(request, shard)?;
     let (new_key, key_hash) = new_hashed_key(shard).await?;
     let signing_secret = generate_signing_secret().map_err(|_| ApiError::Internal)?;
@@ -88,6 +89,9 @@ pub async fn generate(
         signing_secret,
     };
     let org = ask(shard, |reply| Command::CreateOrg { new, reply }).await?;
+    if let Some(slot) = principal {
+        slot.set(Some(org.id.as_u128()));
+    }
     // The creating core knows the key is good: cache it, saving one Argon2 run.
     shard.cache_new_key(new_key.lookup_id, new_key.key.as_bytes(), org.clone());
     ObjectWriter::new(&mut response.body)

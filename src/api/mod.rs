@@ -2,6 +2,7 @@
 //! request, act (through the shard or the storage core), encode the reply. Errors
 //! are `ApiError`, turned into HTTP in exactly one place (`error.rs`).
 
+mod access;
 mod ack;
 mod auth;
 mod delivery;
@@ -15,14 +16,15 @@ mod metrics;
 mod stream;
 mod webhooks;
 
+use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::handoff::commands::{Command, Reply};
 use crate::http::{Handler, Method, ProtocolError, Request, ResponseBuf};
-use crate::metrics::Registry;
-use crate::shard::Shard;
+use crate::metrics::Scraper;
+use crate::shard::{Shard, REQUEST_ID_GENERATED_BYTES_MAX};
+use crate::util::logsink::LogSink;
 use error::ApiError;
 
 /// Seconds a client should wait after a 503 for overload.
@@ -154,8 +156,11 @@ pub fn route(method: Method, path: &str) -> Result<Matched<'_>, ApiError> {
 pub struct Api {
     /// This core's state.
     pub shard: Rc<Shard>,
-    /// Every subsystem's counters, for `GET /metrics`.
-    pub registry: Arc<Registry>,
+    /// The way to `GET /metrics` on this port; `None` when metrics are served on
+    /// `--metrics-listen` only (then 404 here).
+    pub metrics: Option<Scraper>,
+    /// Where access-log lines go (`--access-log`); `None`: no access log.
+    pub access_log: Option<LogSink>,
 }
 
 impl Api {
@@ -170,7 +175,7 @@ impl Api {
         match route {
             Route::Health => health::live(response),
             Route::Ready => health::ready(shard, response),
-            Route::Metrics => metrics::scrape(shard, &self.registry, response),
+            Route::Metrics => metrics::scrape(self.metrics.as_ref(), response).await,
             Route::KeysGenerate => keys::generate(shard, request, response).await,
             Route::Keys => keys::show(shard, request, response).await,
             Route::KeysRotate => keys::rotate(shard, request, response).await,
@@ -205,7 +210,15 @@ impl Api {
 impl Handler for Api {
     async fn handle<'a>(&'a self, request: Request<'a>, response: &'a mut ResponseBuf) -> u16 {
         let started = Instant::now();
-        let (route_index, result) = match route(request.head.method, request.path()) {
+        let mut generated = [0u8; REQUEST_ID_GENERATED_BYTES_MAX];
+        let theirs = request.request_id();
+        let made = if theirs.is_none() { self.shard.next_request_id(&mut generated) } else { 0 };
+        let request_id = theirs.unwrap_or(&generated[..made]);
+        let (method, path, client) = (request.head.method, request.path(), request.peer);
+        // The handlers note the organisation here once a key is verified.
+        let organization = Cell::new(None);
+        let request = request.with_principal(&organization);
+        let (route_index, result) = match route(method, path) {
             Ok(Matched { route, id }) => {
                 let id = id.map(str::to_owned);
                 (route as usize, self.dispatch(request, response, route, id.as_deref()).await)
@@ -213,15 +226,21 @@ impl Handler for Api {
             Err(error) => (0, Err(error)),
         };
         let status = result.unwrap_or_else(|error| error.write(response));
-        let mut request_id = [0u8; 24];
-        let length = self.shard.next_request_id(&mut request_id);
-        response.header(b"X-Request-Id", &request_id[..length]);
+        response.header(b"X-Request-Id", request_id);
+        let route = ROUTE_LABELS[route_index];
         if status >= 500 {
-            let request_id = std::str::from_utf8(&request_id[..length]).unwrap_or_default();
-            let route = ROUTE_LABELS[route_index];
+            let request_id = std::str::from_utf8(request_id).unwrap_or_default();
             tracing::warn!(request_id, route, status, "request answered with a server error");
         }
-        self.shard.metrics().request(route_index, status, started.elapsed());
+        let elapsed = started.elapsed();
+        self.shard.metrics().request(route_index, status, elapsed);
+        if let Some(sink) = &self.access_log {
+            let organization = organization.get().map(uuid::Uuid::from_u128);
+            let (method, path, client) = (Some(method), Some(path), Some(client));
+            let entry =
+                access::Entry { request_id, method, path, route, status, elapsed, organization, client };
+            access::record(sink, &entry, crate::util::time::now_micros());
+        }
         status
     }
 
@@ -237,7 +256,24 @@ impl Handler for Api {
             ProtocolError::TooManyConnections => overloaded(),
         };
         let status = error.write(response);
-        self.shard.metrics().request(0, status, std::time::Duration::ZERO);
+        let mut generated = [0u8; REQUEST_ID_GENERATED_BYTES_MAX];
+        let made = self.shard.next_request_id(&mut generated);
+        let request_id = &generated[..made];
+        response.header(b"X-Request-Id", request_id);
+        self.shard.metrics().request(0, status, Duration::ZERO);
+        if let Some(sink) = &self.access_log {
+            let entry = access::Entry {
+                request_id,
+                method: None,
+                path: None,
+                route: ROUTE_LABELS[0],
+                status,
+                elapsed: Duration::ZERO,
+                organization: None,
+                client: None,
+            };
+            access::record(sink, &entry, crate::util::time::now_micros());
+        }
         status
     }
 }

@@ -58,6 +58,9 @@ pub struct DeliveryConfig {
     pub per_org_max: usize,
     /// How often due attempts are claimed from the database.
     pub poll_interval: Duration,
+    /// Log successful attempts at INFO too (with the access log), so every attempt has
+    /// a line at INFO or above; otherwise successes are DEBUG.
+    pub log_every_attempt: bool,
 }
 
 /// Shared with the main thread for shutdown: stop claiming, and how many attempts are
@@ -98,21 +101,24 @@ fn now_micros() -> i64 {
     unix_micros(SystemTime::now())
 }
 
-/// One line per attempt: failures (and push switched off) as warnings, with the
-/// organisation, the event, the attempt number and the status or error; successes at
-/// debug level.
-fn log_attempt(claimed: &Claimed, record: &Record) {
+/// One line per attempt, with the organisation, the event, the attempt number, its
+/// duration (none when push was off) and the status or error: failures (and push
+/// switched off) as warnings; successes at INFO when `every` (the access log is on),
+/// else at DEBUG.
+fn log_attempt(claimed: &Claimed, record: &Record, elapsed: Option<Duration>, every: bool) {
     let (org, event, attempt) = (claimed.org_id, claimed.id, claimed.attempts.max(0) + 1);
+    let duration_ms = elapsed.map_or(0, |e| e.as_millis() as u64);
     match record {
-        Record::Delivered => tracing::debug!(%org, %event, attempt, "webhook delivered"),
+        Record::Delivered if every => tracing::info!(%org, %event, attempt, duration_ms, "webhook delivered"),
+        Record::Delivered => tracing::debug!(%org, %event, attempt, duration_ms, "webhook delivered"),
         Record::Retry { delay_ms, error } => {
-            tracing::warn!(%org, %event, attempt, error = %error, retry_in_ms = delay_ms, "webhook attempt failed; will retry")
+            tracing::warn!(%org, %event, attempt, duration_ms, error = %error, retry_in_ms = delay_ms, "webhook attempt failed; will retry")
         }
         Record::Failed { error } => {
-            tracing::warn!(%org, %event, attempt, error = %error, "webhook attempt failed; no retries left, the event is failed")
+            tracing::warn!(%org, %event, attempt, duration_ms, error = %error, "webhook attempt failed; no retries left, the event is failed")
         }
         Record::Gone => {
-            tracing::warn!(%org, %event, attempt, "webhook answered 410 Gone; push switched off for the organisation")
+            tracing::warn!(%org, %event, attempt, duration_ms, "webhook answered 410 Gone; push switched off for the organisation")
         }
         Record::PushOff => tracing::debug!(%org, %event, "push is off; the event stays pending for pull"),
     }
@@ -372,6 +378,7 @@ impl Engine {
 
     /// One attempt, start to record.
     async fn deliver(&self, claimed: Claimed) {
+        let mut elapsed = None;
         let (record, log) = match claimed.webhook_url.as_deref() {
             // Nothing is sent: no attempt to log.
             None => (Record::PushOff, AttemptLog::default()),
@@ -383,9 +390,10 @@ impl Engine {
                 let headers = signed_headers(&claimed, &body, timestamp);
                 let started = Instant::now();
                 let result = self.client.post(url, &headers, Bytes::from(body)).await;
-                let elapsed = started.elapsed();
-                self.metrics.attempt(&result, elapsed);
-                let log = attempt_log(&result, unix_micros(attempted_at), elapsed);
+                let took = started.elapsed();
+                elapsed = Some(took);
+                self.metrics.attempt(&result, took);
+                let log = attempt_log(&result, unix_micros(attempted_at), took);
                 let record =
                     match self.config.schedule.decide(claimed.scheduled_attempts(), &result, self.jitter()) {
                         Decision::Delivered => {
@@ -404,7 +412,7 @@ impl Engine {
             }
         };
         self.metrics.outcome(&record);
-        log_attempt(&claimed, &record);
+        log_attempt(&claimed, &record, elapsed, self.config.log_every_attempt);
         self.record(&claimed, &record, &log).await;
     }
 

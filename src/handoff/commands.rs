@@ -1,6 +1,7 @@
 //! Commands: what the HTTP cores ask of the storage core besides writing events (key
-//! lookups, sign-ups, rotations, organisation reads, inbox pages, acknowledgements,
-//! webhook configuration), each answered on a oneshot channel. Two lanes, each a
+//! lookups, sign-ups, rotations, rate-limit leases, organisation reads, inbox pages,
+//! acknowledgements, webhook configuration), each answered on a oneshot channel (a
+//! rate-limit lease is answered on the organisation's `RateWindow` instead). Two lanes, each a
 //! bounded queue with its own database connection on the storage side, so key lookups
 //! never wait behind reads (`Lane`). The storage core executes them; this module only
 //! says what they are, so the HTTP side never names the storage core.
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::model::ratelimit::RateWindow;
 use crate::model::{Org, OrgView, Tier};
 
 /// Why a command failed: never the request's fault (the API answers 503).
@@ -53,9 +55,10 @@ pub struct NewKeyForOrg {
 /// Where a command's answer goes.
 pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 
-/// The queue and connection a command uses. Key lookups, sign-ups and rotations have
-/// their own, so they never wait behind inbox reads and acknowledgements (which a
-/// tenant can make slow); each query below names the lane of its command.
+/// The queue and connection a command uses. Key lookups, sign-ups, rotations and
+/// rate-limit leases have their own (short statements on the request path), so they
+/// never wait behind inbox reads and acknowledgements (which a tenant can make slow);
+/// each query below names the lane of its command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
     Keys = 0,
@@ -64,6 +67,14 @@ pub enum Lane {
 
 impl Lane {
     pub const ALL: [Lane; 2] = [Lane::Keys, Lane::Reads];
+
+    /// The lane's label in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Keys => "keys",
+            Lane::Reads => "reads",
+        }
+    }
 }
 
 /// A request for the storage core, answered on its `reply`.
@@ -85,6 +96,26 @@ pub enum Command {
     GetOrg {
         org_id: Uuid,
         reply: Reply<Option<OrgView>>,
+    },
+    /// Leases the next slice of the organisation's rate-limit window from its budget
+    /// row: `want` tokens, of which requests waiting now `need` (see
+    /// `RateWindow::begin_refill`), asked at `now_ms`. The answer goes to `window`
+    /// (`apply_lease` or `refill_failed`), which wakes every request waiting on it.
+    /// Queued on the key lane; sent with the other leases of its batch on a
+    /// connection of their own.
+    RateLease {
+        org_id: Uuid,
+        limit: u32,
+        want: u32,
+        need: u32,
+        now_ms: u64,
+        window: Arc<RateWindow>,
+    },
+    /// Gives every organisation's unused tokens of its current window back to the
+    /// budget rows (at shutdown, once no request is in progress); answers how many.
+    ReturnRateTokens {
+        now_ms: u64,
+        reply: Reply<u64>,
     },
     Inbox {
         query: InboxQuery,
@@ -185,7 +216,11 @@ pub enum Command {
 impl Command {
     pub fn lane(&self) -> Lane {
         match self {
-            Command::LookupKey { .. } | Command::CreateOrg { .. } | Command::RotateKey { .. } => Lane::Keys,
+            Command::LookupKey { .. }
+            | Command::CreateOrg { .. }
+            | Command::RotateKey { .. }
+            | Command::RateLease { .. }
+            | Command::ReturnRateTokens { .. } => Lane::Keys,
             _ => Lane::Reads,
         }
     }
@@ -373,6 +408,12 @@ impl CommandSender {
         let (keys, keys_receiver) = mpsc::channel(queue_max);
         let (reads, reads_receiver) = mpsc::channel(queue_max);
         (CommandSender { lanes: [keys, reads] }, [keys_receiver, reads_receiver])
+    }
+
+    /// Commands queued on `lane` now (a gauge).
+    pub fn depth(&self, lane: Lane) -> usize {
+        let sender = &self.lanes[lane as usize];
+        sender.max_capacity() - sender.capacity()
     }
 
     /// Queues a command without waiting; `QueueFull` means answer 503.

@@ -3,9 +3,11 @@
 //! (`framer`: bodies, timeouts, limits and `100 Continue` decided from bytes and `now`,
 //! with no I/O) and the per-connection loop (`conn`) that moves bytes between the
 //! socket, the framer and a `Handler`, writing responses in order (pipelining,
-//! keep-alive, draining).
+//! keep-alive, draining). Apart from the cores, `exporter` serves one read-only
+//! resource on a blocking thread of its own (the metrics port).
 
 pub mod conn;
+pub mod exporter;
 pub mod framer;
 pub mod parser;
 pub mod response;
@@ -29,6 +31,10 @@ pub struct Request<'a> {
     pub body: &'a mut [u8],
     /// The client's address (the TCP peer: a proxy's, behind one).
     pub peer: std::net::IpAddr,
+    /// Where the application may note whom the request acted for once it knows (an
+    /// access log's user field); `None` from the connection, set by the application
+    /// for the request's life.
+    pub principal: Option<&'a std::cell::Cell<Option<u128>>>,
 }
 
 impl<'a> Request<'a> {
@@ -38,7 +44,28 @@ impl<'a> Request<'a> {
         body: &'a mut [u8],
         peer: std::net::IpAddr,
     ) -> Request<'a> {
-        Request { head, head_bytes, body, peer }
+        Request { head, head_bytes, body, peer, principal: None }
+    }
+
+    /// The same request, noting its principal in `slot` (which lives shorter than the
+    /// connection's buffers, so the request does too).
+    pub fn with_principal<'b>(self, slot: &'b std::cell::Cell<Option<u128>>) -> Request<'b>
+    where
+        'a: 'b,
+    {
+        Request { principal: Some(slot), ..self }
+    }
+
+    /// Notes whom the request acts for (see `principal`).
+    pub fn note_principal(&self, principal: u128) {
+        if let Some(slot) = self.principal {
+            slot.set(Some(principal));
+        }
+    }
+
+    /// The client's `X-Request-Id`, if it sent a well-formed one (`parser::is_request_id`).
+    pub fn request_id(&self) -> Option<&'a [u8]> {
+        self.header(&self.head.request_id)
     }
 
     fn header(&self, range: &Option<std::ops::Range<usize>>) -> Option<&'a [u8]> {

@@ -12,6 +12,9 @@ pub const HEAD_BYTES_MAX: usize = 16 * 1024;
 pub const HEADERS_MAX: usize = 64;
 /// Largest request body accepted, decided from `Content-Length` before reading: 413.
 pub const BODY_BYTES_MAX: usize = 256 * 1024;
+/// Longest `X-Request-Id` kept from a client; a longer or malformed one is ignored (the
+/// server makes its own).
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// Longest chunk-size line (size, extensions, CRLF) a chunked body may use.
 const CHUNK_LINE_BYTES_MAX: usize = 1024;
 
@@ -29,6 +32,20 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method's name (`OTHER` for a method the router does not know).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+
     fn from_bytes(method: &str) -> Method {
         match method {
             "GET" => Method::Get,
@@ -77,6 +94,8 @@ pub struct RequestHead {
     pub accept: Option<Range<usize>>,
     /// Value of `Last-Event-ID` (a reconnecting Server-Sent Events client).
     pub last_event_id: Option<Range<usize>>,
+    /// Value of the first well-formed `X-Request-Id` (`is_request_id`).
+    pub request_id: Option<Range<usize>>,
     /// Bytes taken by the head, final CRLF included.
     pub head_bytes: usize,
 }
@@ -185,6 +204,7 @@ fn request_line(
         authorization: None,
         accept: None,
         last_event_id: None,
+        request_id: None,
         head_bytes,
     })
 }
@@ -242,6 +262,10 @@ fn read_header(
         head.accept = Some(range_of(bytes, value));
     } else if name.eq_ignore_ascii_case("last-event-id") {
         head.last_event_id = Some(range_of(bytes, value));
+    } else if name.eq_ignore_ascii_case("x-request-id") {
+        if head.request_id.is_none() && is_request_id(value) {
+            head.request_id = Some(range_of(bytes, value));
+        }
     } else if name.eq_ignore_ascii_case("expect") {
         if !value.eq_ignore_ascii_case(b"100-continue") {
             return Err(HeadError::Malformed("unsupported Expect value"));
@@ -249,6 +273,13 @@ fn read_header(
         head.expect_continue = true;
     }
     Ok(())
+}
+
+/// A request id a client may choose: 1..=`REQUEST_ID_BYTES_MAX` of `[A-Za-z0-9._-]`,
+/// safe to echo in a header and to write into a log line as it is.
+pub fn is_request_id(value: &[u8]) -> bool {
+    (1..=REQUEST_ID_BYTES_MAX).contains(&value.len())
+        && value.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn trim(value: &[u8]) -> &[u8] {
@@ -396,6 +427,21 @@ mod tests {
         assert_eq!(&bytes[parsed.content_type.clone().unwrap()], b"application/json");
         assert_eq!(&bytes[parsed.target], b"/x?y=1");
         assert!(parsed.keep_alive);
+    }
+
+    #[test]
+    fn a_well_formed_request_id_is_kept_and_any_other_ignored() {
+        let bytes = b"GET / HTTP/1.1\r\nX-Request-Id: bad id\r\nx-request-id: abc.DEF_12-3\r\nX-Request-Id: later\r\n\r\n";
+        let parsed = head(bytes);
+        assert_eq!(&bytes[parsed.request_id.unwrap()], b"abc.DEF_12-3", "the first well-formed one");
+        let longest = format!("GET / HTTP/1.1\r\nX-Request-Id: {}\r\n\r\n", "a".repeat(REQUEST_ID_BYTES_MAX));
+        assert!(head(longest.as_bytes()).request_id.is_some());
+        let too_long =
+            format!("GET / HTTP/1.1\r\nX-Request-Id: {}\r\n\r\n", "a".repeat(REQUEST_ID_BYTES_MAX + 1));
+        assert_eq!(head(too_long.as_bytes()).request_id, None);
+        for bad in ["", "a b", "a\"b", "é", "a/b", "{x}"] {
+            assert!(!is_request_id(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]

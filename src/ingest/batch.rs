@@ -10,11 +10,12 @@ use uuid::Uuid;
 
 use simd_json::prelude::*;
 
+use super::admission::{admit, Refused};
 use super::validate::{event_from_value, gate, parse_gated, payload_not_found, payload_text, EventFields};
 use super::{IngestError, RateState};
 use crate::handoff::tickets::TicketFuture;
 use crate::handoff::Outcome;
-use crate::model::ratelimit::{reset_secs, Admission};
+use crate::model::ratelimit::reset_secs;
 use crate::model::Org;
 use crate::shard::Shard;
 use crate::util::json::{object_with_fields, JsonScratch};
@@ -152,6 +153,9 @@ pub async fn ingest_batch(
     let mut state = RateState::peek(org, now_ms);
     let mut results: Vec<EntryResult> = Vec::with_capacity(entries.len());
     let mut pending: Vec<(usize, Uuid, u64, TicketFuture)> = Vec::with_capacity(valid);
+    let mut unadmitted = valid as u32;
+    // Once no lease can be had, the rest are refused at once rather than each waiting.
+    let mut unavailable = false;
     for (index, entry) in entries.into_iter().enumerate() {
         let (fields, body) = match entry {
             Ok(entry) => entry,
@@ -160,14 +164,22 @@ pub async fn ingest_batch(
                 continue;
             }
         };
-        let window = match org.rate.try_admit(now_ms, limit) {
-            Admission::Admitted { remaining, reset_ms, window } => {
-                state = RateState { limit, remaining, reset_ms };
-                window
+        let admitted =
+            if unavailable { Err(Refused::Unavailable) } else { admit(shard, org, now_ms, unadmitted).await };
+        unadmitted -= 1;
+        let window = match admitted {
+            Ok(admitted) => {
+                state = admitted.state;
+                admitted.window
             }
-            Admission::Limited { reset_ms } => {
+            Err(Refused::Limited { reset_ms }) => {
                 state = RateState { limit, remaining: 0, reset_ms };
                 results.push(EntryResult::RateLimited { retry_after_secs: reset_secs(reset_ms) });
+                continue;
+            }
+            Err(Refused::Unavailable) => {
+                unavailable = true;
+                results.push(EntryResult::Overloaded);
                 continue;
             }
         };

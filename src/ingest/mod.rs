@@ -1,8 +1,9 @@
 //! The ingest path of one event on its HTTP core: validate it (`validate`), admit it
-//! against the organisation's rate window, give it a UUIDv7, push it onto the core's
-//! ring and await the storage core's verdict. The HTTP details (headers, status codes)
+//! against the organisation's rate window (`admission`), give it a UUIDv7, push it onto
+//! the core's ring and await the storage core's verdict. The HTTP details (headers, status codes)
 //! stay in `api::events`; this layer speaks `IngestError`.
 
+pub mod admission;
 pub mod batch;
 pub mod validate;
 
@@ -12,10 +13,11 @@ use uuid::Uuid;
 
 use crate::handoff::tickets::SubmitError;
 use crate::handoff::{EventRecord, Outcome};
-use crate::model::ratelimit::{reset_secs, Admission};
+use crate::model::ratelimit::reset_secs;
 use crate::model::Org;
 use crate::shard::Shard;
 use crate::util::json::{GateError, ShapeError};
+use admission::{admit, Refused};
 use validate::EventFields;
 
 /// Why an event was not accepted.
@@ -107,17 +109,14 @@ pub async fn ingest(
 ) -> (Result<Accepted, IngestError>, RateState) {
     let created_at_micros = now_micros;
     let now_ms = (created_at_micros / 1000) as u64;
-    let limit = org.rate_limit_per_minute;
-    let window = match org.rate.try_admit(now_ms, limit) {
-        Admission::Admitted { remaining, reset_ms, window } => {
-            (RateState { limit, remaining, reset_ms }, window)
-        }
-        Admission::Limited { reset_ms } => {
-            let state = RateState { limit, remaining: 0, reset_ms };
+    let (mut state, window_id) = match admit(shard, org, now_ms, 1).await {
+        Ok(admitted) => (admitted.state, admitted.window),
+        Err(Refused::Limited { reset_ms }) => {
+            let state = RateState { limit: org.rate_limit_per_minute, remaining: 0, reset_ms };
             return (Err(IngestError::RateLimited { retry_after_secs: reset_secs(reset_ms) }), state);
         }
+        Err(Refused::Unavailable) => return (Err(IngestError::Overloaded), RateState::peek(org, now_ms)),
     };
-    let (mut state, window_id) = window;
     let dedup_id = fields.dedup_id.clone();
     let record = new_record(shard, org, fields, payload, created_at_micros);
     let id = record.id;

@@ -37,6 +37,12 @@ pub struct ServeConfig {
     #[arg(long, help_heading = "Network", env = "TRIGGERD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
+    /// Serve GET /metrics on this address (`ip:port` or `host:port`), from a thread of
+    /// its own, instead of on the public --listen port (which then answers 404 there).
+    /// Port 0 picks one, printed as "triggerd metrics on http://…/metrics".
+    #[arg(long, env = "TRIGGERD_METRICS_LISTEN", value_parser = parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Number of HTTP cores (glommio executors, one pinned thread each). Default: all
     /// CPUs but one, at least one. May exceed the CPU count (cores then share CPUs).
     #[arg(long, help_heading = "Cores", env = "TRIGGERD_HTTP_CORES")]
@@ -239,6 +245,13 @@ pub struct ServeConfig {
     #[arg(long, help_heading = "Retention", env = "TRIGGERD_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
 
+    /// Undelivered events are kept at most this many days: a day past it is dropped
+    /// whole even if some of its events were never delivered (they are counted in
+    /// triggerd_events_dropped_undelivered_total and logged). 0 keeps them until
+    /// delivered, however long. At least --retention-days.
+    #[arg(long, env = "TRIGGERD_UNDELIVERED_RETENTION_DAYS", default_value_t = 90)]
+    pub undelivered_retention_days: u32,
+
     /// Daily event partitions created ahead of today.
     #[arg(long, help_heading = "Retention", env = "TRIGGERD_PARTITIONS_AHEAD_DAYS", default_value_t = 3)]
     pub partitions_ahead_days: u32,
@@ -260,6 +273,13 @@ pub struct ServeConfig {
     /// Log line format.
     #[arg(long, help_heading = "Logging", env = "TRIGGERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Access log: one JSON line per request on stderr (request id, method, path, route,
+    /// status, duration, organisation, client), written off the HTTP cores (lines are
+    /// dropped and counted, never waited for, if stderr falls behind). Also logs every
+    /// webhook attempt at INFO, successes included.
+    #[arg(long, env = "TRIGGERD_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: bool,
 
     /// Configuration file: `name = value` lines, names being these options' long names
     /// (e.g. `http-cores = 3`). Flags and environment variables take precedence.
@@ -310,6 +330,7 @@ impl ServeConfig {
             in_flight_max: self.deliveries_in_flight_max,
             per_org_max: self.deliveries_per_org_max,
             poll_interval: Duration::from_millis(self.delivery_poll_ms),
+            log_every_attempt: self.access_log,
         })
     }
 
@@ -340,6 +361,14 @@ impl ServeConfig {
         }
         if self.partitions_ahead_days == 0 || self.maintenance_interval_ms == 0 {
             return Err("--partitions-ahead-days and --maintenance-interval-ms must be at least 1".into());
+        }
+        if self.metrics_listen.is_some_and(|m| m.port() != 0 && m.port() == self.listen.port()) {
+            return Err("--metrics-listen must use another port than --listen".into());
+        }
+        if self.undelivered_retention_days != 0 && self.undelivered_retention_days < self.retention_days {
+            return Err(
+                "--undelivered-retention-days must be 0 (no ceiling) or at least --retention-days".into()
+            );
         }
         if self.delivery_lease_ms <= self.webhook_timeout_ms {
             return Err("--delivery-lease-ms must exceed --webhook-timeout-ms".into());

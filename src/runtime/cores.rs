@@ -20,7 +20,6 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use crate::api::Api;
 use crate::handoff::Control;
 use crate::http::{conn, ConnectionLimits, Drain};
-use crate::metrics::Registry;
 use crate::shard::{Shard, ShardParts};
 
 /// io_uring buffer memory per executor. glommio locks it in RAM, so it must fit the
@@ -70,22 +69,26 @@ pub fn plan_placement(http_cores: usize, allowed: &[usize]) -> CorePlan {
 #[derive(Clone)]
 pub struct CoreSetup {
     pub parts: ShardParts,
-    pub registry: Arc<Registry>,
+    /// The scrape thread's handle for `GET /metrics`; `None` with `--metrics-listen`.
+    pub metrics: Option<crate::metrics::Scraper>,
     pub limits: ConnectionLimits,
     /// Connections one core serves at once; beyond it 503 and close.
     pub connections_max: usize,
     /// Each core beats its own (index = core) for the systemd watchdog.
     pub heartbeats: Arc<super::notify::Heartbeats>,
+    /// The access log's sink, when `--access-log` is on.
+    pub access_log: Option<crate::util::logsink::LogSink>,
 }
 
 /// Starts one executor per entry of `cpus`; returns once every core listens.
+/// `connections` counts the open connections over all cores.
 pub fn start_http_cores(
     listen: SocketAddr,
     cpus: &[usize],
     setup: CoreSetup,
+    connections: Arc<AtomicUsize>,
 ) -> Result<HttpCores, RuntimeError> {
     let mut handles = Vec::with_capacity(cpus.len());
-    let connections = Arc::new(AtomicUsize::new(0));
     let mut address = listen;
     for (core, &cpu) in cpus.iter().enumerate() {
         let (bound, bound_at) = mpsc::channel::<Result<SocketAddr, String>>();
@@ -138,7 +141,7 @@ async fn serve_core(
         }
     })
     .detach();
-    let api = Rc::new(Api { shard, registry: setup.registry });
+    let api = Rc::new(Api { shard, metrics: setup.metrics, access_log: setup.access_log });
     let open = Rc::new(Cell::new(0usize));
     let accepting =
         Accepting { api, limits: setup.limits, connections_max: setup.connections_max, connections };

@@ -12,7 +12,7 @@ pub mod notify;
 
 use std::io::Write as _;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,13 +22,15 @@ use crate::auth::pool::HashPool;
 use crate::delivery::{DeliveryControl, Engine, HANDOFF_QUEUE_MAX};
 use crate::handoff::commands::{CommandSender, StorageStatus};
 use crate::handoff::{Control, Handoff};
+use crate::http::response::CONTENT_TYPE_TEXT;
 use crate::http::ConnectionLimits;
-use crate::metrics::Registry;
+use crate::metrics::{Registry, Scrape, Scraper, Sources};
 use crate::shard::{ShardParts, ShardSettings};
 use crate::storage::local_pg::LocalPg;
 use crate::storage::pg::Target;
 use crate::storage::retention::RetentionConfig;
 use crate::storage::{self, BatchLimits, StorageConfig};
+use crate::util::logsink::LogSink;
 use crate::util::{error_chain, sys};
 use config::{LogFormat, ServeConfig};
 pub use cores::{HttpCores, HTTP_CORE_STACK_BYTES, IO_MEMORY_BYTES, MEMLOCK_BYTES_MIN};
@@ -52,7 +54,7 @@ pub fn serve(mut config: ServeConfig) -> Result<(), String> {
     init_logging(&config.log, config.log_format);
     let signals = block_shutdown_signals();
     check_host()?;
-    check_port_free(config.listen)?;
+    check_port_free(config.listen, "--listen")?;
     let (database, managed) = open_database(&config)?;
     let result = run(&config, database, &signals, notifier);
     if let Some(managed) = managed {
@@ -98,24 +100,44 @@ fn run(
         .map_err(|e| e.to_string())?;
     let hash_pool = HashPool::start(config.argon2_threads, config.argon2_queue_max, config.argon2_memory_kib)
         .map_err(|e| e.to_string())?;
+    let (access_log, log_writer) = match config.access_log {
+        true => {
+            LogSink::start().map(|(sink, writer)| (Some(sink), Some(writer))).map_err(|e| e.to_string())?
+        }
+        false => (None, None),
+    };
+    let connections = Arc::new(AtomicUsize::new(0));
+    let sources = Sources {
+        handoff: Arc::clone(&handoff),
+        status: Arc::clone(&status),
+        commands: commands.clone(),
+        connections: Arc::clone(&connections),
+        deliveries: Arc::clone(&deliveries),
+        access_log: access_log.clone(),
+    };
+    let scraper = start_metrics(config, Arc::new(Scrape { registry: Arc::clone(&registry), sources }))?;
+    let instance_id = random_instance_id();
     let setup = cores::CoreSetup {
         parts: ShardParts {
             handoff: Arc::clone(&handoff),
-            commands,
+            commands: commands.clone(),
             status: Arc::clone(&status),
             hash_pool,
             metrics: registry.cores.clone(),
-            settings: Arc::new(shard_settings(config)),
+            settings: Arc::new(shard_settings(config, instance_id)),
         },
-        registry,
+        metrics: scraper,
         limits: connection_limits(config),
         connections_max: config.connections_per_core_max,
         heartbeats: Arc::clone(&heartbeats),
+        access_log,
     };
     warn_if_open_files_short(config, http_cores);
-    let cores = cores::start_http_cores(config.listen, &plan.http_cpus, setup).map_err(|e| e.to_string())?;
-    tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, "cores started");
-    announce_listening(config.log_format, cores.local_addr)?;
+    let cores = cores::start_http_cores(config.listen, &plan.http_cpus, setup, connections)
+        .map_err(|e| e.to_string())?;
+    let instance = format!("{instance_id:016x}");
+    tracing::info!(http_cpus = ?plan.http_cpus, storage_cpu = ?plan.storage_cpu, instance, "cores started");
+    announce(config.log_format, &format!("triggerd listening on http://{}", cores.local_addr))?;
     let watchdog = start_watchdog(notifier.as_ref(), watchdog, heartbeats, cores.local_addr)?;
     let signal = wait_for_signal(signals);
     if let Some(notifier) = &notifier {
@@ -126,8 +148,13 @@ fn run(
         thread.thread().unpark();
         let _ = thread.join();
     }
-    shut_down(signal, config, &handoff, &deliveries, cores);
+    shut_down(signal, config, &handoff, &deliveries, cores, &commands);
     status.closing.store(true, Ordering::Relaxed);
+    if let Some(writer) = log_writer {
+        if !writer.close(LOG_FLUSH_TIMEOUT) {
+            tracing::warn!("access-log lines still queued at exit were lost (stderr not read)");
+        }
+    }
     Ok(())
 }
 
@@ -170,19 +197,34 @@ fn start_watchdog(
     Ok(Some((stop, thread)))
 }
 
-/// The line tests and scripts wait for, on stdout, once every core accepts: plain
-/// text, or one JSON object with `--log-format json` (its message is the same text).
-fn announce_listening(format: LogFormat, address: std::net::SocketAddr) -> Result<(), String> {
-    let line = format!("triggerd listening on http://{address}");
+/// Longest the exit waits for queued access-log lines to be written.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A random id for this process: the prefix of its request ids.
+fn random_instance_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No entropy: the time still tells restarts apart.
+        return crate::util::time::now_micros() as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// The lines tests and scripts wait for, on stdout: "triggerd listening on http://…"
+/// once every core accepts (and, before it, "triggerd metrics on http://…/metrics" with
+/// `--metrics-listen`): plain text, or one JSON object with `--log-format json` (its
+/// message is the same text).
+fn announce(format: LogFormat, line: &str) -> Result<(), String> {
     let mut stdout = std::io::stdout();
     match format {
         LogFormat::Text => writeln!(stdout, "{line}"),
         LogFormat::Json => {
+            let address = line.rsplit(' ').next().unwrap_or_default();
             let mut json = Vec::new();
             crate::util::json::ObjectWriter::new(&mut json)
                 .str("level", "INFO")
-                .str("message", &line)
-                .str("address", &format!("http://{address}"))
+                .str("message", line)
+                .str("address", address)
                 .finish();
             writeln!(stdout, "{}", String::from_utf8_lossy(&json))
         }
@@ -191,9 +233,25 @@ fn announce_listening(format: LogFormat, address: std::net::SocketAddr) -> Resul
     .map_err(|e| e.to_string())
 }
 
+/// Where `GET /metrics` is rendered: with `--metrics-listen`, a listener of its own
+/// (and the public port answers 404); otherwise the scrape thread the cores ask.
+fn start_metrics(config: &ServeConfig, scrape: Arc<Scrape>) -> Result<Option<Scraper>, String> {
+    let Some(address) = config.metrics_listen else {
+        return Scraper::start(scrape).map(Some).map_err(|e| format!("cannot start the scrape thread: {e}"));
+    };
+    check_port_free(address, "--metrics-listen")?;
+    let listener =
+        std::net::TcpListener::bind(address).map_err(|e| format!("--metrics-listen {address}: {e}"))?;
+    let bound =
+        crate::http::exporter::start(listener, "/metrics", CONTENT_TYPE_TEXT, move || scrape.render())
+            .map_err(|e| format!("--metrics-listen {address}: {e}"))?;
+    announce(config.log_format, &format!("triggerd metrics on http://{bound}/metrics"))?;
+    Ok(None)
+}
+
 /// Refuses to start on a port another process listens on. SO_REUSEPORT would
 /// otherwise let two servers share it silently, each answering some requests.
-fn check_port_free(listen: std::net::SocketAddr) -> Result<(), String> {
+fn check_port_free(listen: std::net::SocketAddr, option: &str) -> Result<(), String> {
     if listen.port() == 0 {
         return Ok(());
     }
@@ -208,7 +266,7 @@ fn check_port_free(listen: std::net::SocketAddr) -> Result<(), String> {
                 None => String::new(),
             };
             Err(format!(
-                "{listen} is already in use{holder}; stop that process or choose another --listen port"
+                "{listen} is already in use{holder}; stop that process or choose another {option} port"
             ))
         }
         Err(e) => Err(format!("cannot listen on {listen}: {e}")),
@@ -241,6 +299,7 @@ fn storage_config(
         metrics: Arc::clone(&registry.storage),
         retention: RetentionConfig {
             retention_days: config.retention_days,
+            undelivered_retention_days: config.undelivered_retention_days,
             ahead_days: config.partitions_ahead_days,
             interval: Duration::from_millis(config.maintenance_interval_ms),
         },
@@ -252,7 +311,7 @@ fn storage_config(
     })
 }
 
-fn shard_settings(config: &ServeConfig) -> ShardSettings {
+fn shard_settings(config: &ServeConfig, instance_id: u64) -> ShardSettings {
     ShardSettings {
         admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
         key_cache_max: config.key_cache_max,
@@ -260,6 +319,7 @@ fn shard_settings(config: &ServeConfig) -> ShardSettings {
         key_failures_per_id_max: config.key_failures_per_id_max,
         key_failures_per_address_max: config.key_failures_per_address_max,
         signups_per_address_max: config.signups_per_address_max,
+        instance_id,
     }
 }
 
@@ -366,6 +426,24 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
+/// Gives the unused rate-limit tokens of this instance back to their windows, so the
+/// other instances can admit them (otherwise they lapse when the window ends).
+fn return_rate_tokens(commands: &CommandSender, deadline: Instant) {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let now_ms = crate::util::time::now_ms();
+    if commands.send(crate::handoff::commands::Command::ReturnRateTokens { now_ms, reply }).is_err() {
+        return;
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match block_on(async move { tokio::time::timeout(remaining, answer).await }) {
+        Ok(Ok(Ok(Ok(returned)))) => tracing::info!(returned, "unused rate-limit tokens given back"),
+        Ok(Ok(Ok(Err(e)))) => {
+            tracing::warn!(error = %e, "could not give rate-limit tokens back; they lapse at their window's end")
+        }
+        _ => tracing::warn!("no answer giving rate-limit tokens back; they lapse at their window's end"),
+    }
+}
+
 /// Graceful shutdown, bounded by --shutdown-timeout-ms: every core stops accepting and
 /// closes idle connections; requests in progress are answered (with Connection: close).
 /// An ingest request is answered only after its commit, so once the connections are
@@ -376,6 +454,7 @@ fn shut_down(
     handoff: &Handoff,
     deliveries: &DeliveryControl,
     cores: HttpCores,
+    commands: &CommandSender,
 ) {
     let deadline = Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
     tracing::info!(signal, "shutting down: draining connections");
@@ -393,6 +472,7 @@ fn shut_down(
         }
     };
     wait("connections", &|| cores.connections.load(Ordering::Acquire));
+    return_rate_tokens(commands, deadline);
     deliveries.stop.store(true, Ordering::Release);
     wait("deliveries", &|| deliveries.in_flight.load(Ordering::Acquire));
     if cores.connections.load(Ordering::Acquire) == 0 {

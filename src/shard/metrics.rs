@@ -32,6 +32,8 @@ pub struct CoreMetrics {
     pub auth_throttled: AtomicU64,
     /// Argon2 verifications submitted to the pool.
     pub auth_argon2_verifications: AtomicU64,
+    /// Requests that found this process's rate-limit slice empty and waited for a lease.
+    pub rate_limit_waits: AtomicU64,
 }
 
 impl CoreMetrics {
@@ -50,6 +52,7 @@ impl CoreMetrics {
             auth_failures: AtomicU64::new(0),
             auth_throttled: AtomicU64::new(0),
             auth_argon2_verifications: AtomicU64::new(0),
+            rate_limit_waits: AtomicU64::new(0),
         }
     }
 
@@ -101,7 +104,7 @@ pub fn expose(cores: &[Arc<CoreMetrics>], routes: &[&str], exposition: &mut Expo
             );
         }
     }
-    let counters: [(&str, &str, CounterOf); 10] = [
+    let counters: [(&str, &str, CounterOf); 11] = [
         ("triggerd_events_accepted_total", "Events committed and answered 202.", |c| &c.events_accepted),
         ("triggerd_events_duplicate_total", "Events refused as duplicates (409).", |c| &c.events_duplicate),
         ("triggerd_events_rate_limited_total", "Events refused by the rate limit (429).", |c| &c.events_rate_limited),
@@ -127,6 +130,11 @@ pub fn expose(cores: &[Arc<CoreMetrics>], routes: &[&str], exposition: &mut Expo
             "triggerd_auth_argon2_verifications_total",
             "Argon2 verifications of presented keys.",
             |c| &c.auth_argon2_verifications,
+        ),
+        (
+            "triggerd_rate_limit_waits_total",
+            "Requests that found this process's slice of their organisation's rate window empty and waited for a lease.",
+            |c| &c.rate_limit_waits,
         ),
     ];
     for (name, help, field) in counters {

@@ -40,7 +40,13 @@ pub struct ShardSettings {
     pub key_failures_per_address_max: u32,
     /// Sign-ups per client address per minute on a core; 0 = off.
     pub signups_per_address_max: u32,
+    /// This process's random id (chosen at start-up): the prefix of the request ids it
+    /// makes, so they are unique across instances and restarts.
+    pub instance_id: u64,
 }
+
+/// Longest request id the server makes (`Shard::next_request_id`).
+pub const REQUEST_ID_GENERATED_BYTES_MAX: usize = 48;
 
 /// Keys each throttle tracks at most (per core).
 const THROTTLE_ENTRIES_MAX: usize = 65_536;
@@ -212,12 +218,16 @@ impl Shard {
         self.ids.borrow_mut().next_v7(now_micros)
     }
 
-    /// A request id unique in this process: the core and its request count, in hex.
-    pub fn next_request_id(&self, out: &mut [u8; 24]) -> usize {
+    /// A request id unique across processes and restarts: this process's random
+    /// instance id, the core and its request count, in hex (`3f9a1c0d5e7b2a41-0-1a`):
+    /// at most 16 + 1 + 16 + 1 + 16 bytes, all of them valid in a client's own
+    /// `X-Request-Id`. Returns its length in `out`.
+    pub fn next_request_id(&self, out: &mut [u8; REQUEST_ID_GENERATED_BYTES_MAX]) -> usize {
         let n = self.requests.get() + 1;
         self.requests.set(n);
         let mut cursor = std::io::Cursor::new(&mut out[..]);
-        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{:x}-{:x}", self.core, n));
+        let instance = self.settings.instance_id;
+        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{instance:016x}-{:x}-{n:x}", self.core));
         cursor.position() as usize
     }
 

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "consumer_leases", include_str!("migrations/0006_consumer_leases.sql")),
     (7, "stream_order", include_str!("migrations/0007_stream_order.sql")),
     (8, "delivery_control", include_str!("migrations/0008_delivery_control.sql")),
+    (9, "rate_budgets", include_str!("migrations/0009_rate_budgets.sql")),
 ];
 
 /// Arbitrary constant naming triggerd's migration lock.

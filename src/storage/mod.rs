@@ -1,8 +1,9 @@
 //! The storage core: one thread with a tokio current-thread runtime that owns every
 //! PostgreSQL connection (`pg`). It runs the batch writers (`writer`: group commit of
 //! the events the HTTP cores push onto their rings), executes the commands the HTTP
-//! cores queue on its two lanes (`queries`), broadcasts control messages (key
-//! revocation) back to them (`listener`), keeps the daily partitions (`retention`),
+//! cores queue on its two lanes (`queries`; rate-limit leases, batched on a
+//! connection of their own, in `ratelimit`),
+//! broadcasts control messages (key revocation) back to them (`listener`), keeps the daily partitions (`retention`),
 //! applies migrations (`migrations`) and can run a private cluster (`local_pg`).
 //!
 //! Nothing on an HTTP core ever waits on PostgreSQL directly: it pushes onto a ring or
@@ -18,6 +19,7 @@ pub mod migrations;
 pub mod notifier;
 pub mod pg;
 pub mod queries;
+pub mod ratelimit;
 pub mod retention;
 pub mod stream;
 pub mod tls;
@@ -67,7 +69,12 @@ const INBOX_READS_MAX: usize = 16;
 
 /// Partition maintenance every `interval`, and at once when a writer found a
 /// partition missing, on a connection of its own.
-async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig, wanted: Rc<Notify>) {
+async fn maintain_periodically(
+    db: Rc<Db>,
+    config: retention::RetentionConfig,
+    wanted: Rc<Notify>,
+    metrics: Arc<StorageMetrics>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
@@ -79,7 +86,10 @@ async fn maintain_periodically(db: Rc<Db>, config: retention::RetentionConfig, w
             Err(e) => Err(e),
         };
         match result {
-            Ok(report) => tracing::info!(?report, "partition maintenance"),
+            Ok(report) => {
+                metrics.maintained(&report);
+                tracing::info!(?report, "partition maintenance")
+            }
             Err(e) => {
                 tracing::warn!(error = %crate::util::error_chain(&e), "partition maintenance failed; retrying next interval")
             }
@@ -147,6 +157,10 @@ pub struct Storage {
     /// One rate window per organisation seen, shared by every core. Bounded by the
     /// number of organisations in the database.
     rate_windows: RefCell<AHashMap<Uuid, Arc<RateWindow>>>,
+    /// Counters of this thread (writers, maintenance, rate-limit leases).
+    metrics: Arc<StorageMetrics>,
+    /// Rate-limit leases waiting for the next batch (`ratelimit::run` sends them).
+    rate_leases: Rc<ratelimit::LeaseQueue>,
 }
 
 impl Storage {
@@ -196,13 +210,19 @@ pub fn start(
 }
 
 /// Connects, migrates and makes today's partitions; the start-up's verdict.
-async fn prepare(db: &Db, retention: &retention::RetentionConfig) -> Result<(), StartError> {
+async fn prepare(
+    db: &Db,
+    retention: &retention::RetentionConfig,
+    metrics: &StorageMetrics,
+) -> Result<(), StartError> {
     let mut client = db.connect().await.map_err(|e| StartError::Connect(crate::util::error_chain(&e)))?;
     migrations::migrate(&mut client).await.map_err(|e| StartError::Migrate(crate::util::error_chain(&e)))?;
     // Partitions for today and ahead must exist before the first insert.
-    retention::maintain(&client, crate::util::time::now_micros(), retention).await.map_err(|e| {
-        StartError::Migrate(format!("partition maintenance: {}", crate::util::error_chain(&e)))
-    })?;
+    let report =
+        retention::maintain(&client, crate::util::time::now_micros(), retention).await.map_err(|e| {
+            StartError::Migrate(format!("partition maintenance: {}", crate::util::error_chain(&e)))
+        })?;
+    metrics.maintained(&report);
     Ok(())
 }
 
@@ -214,7 +234,7 @@ async fn run(
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
     let db = Rc::new(Db::new(config.database, status));
-    if let Err(e) = prepare(&db, &config.retention).await {
+    if let Err(e) = prepare(&db, &config.retention, &config.metrics).await {
         let _ = ready.send(Err(e));
         return;
     }
@@ -225,6 +245,7 @@ async fn run(
         Rc::clone(&db),
         config.retention,
         Rc::clone(&partitions_wanted),
+        Arc::clone(&config.metrics),
     ));
     if let Some(on_start) = config.on_start {
         on_start(Rc::clone(&db));
@@ -244,12 +265,20 @@ async fn run(
         }));
     }
     let timeout = config.statement_timeout;
+    let rate_leases = Rc::new(ratelimit::LeaseQueue::default());
+    tokio::task::spawn_local(ratelimit::run(
+        Rc::clone(&rate_leases),
+        Rc::new(LazyConnection::with_statement_timeout(Rc::clone(&db), timeout)),
+        Arc::clone(&config.metrics),
+    ));
     let storage = Rc::new(Storage {
         handoff,
         connections: Lane::ALL.map(|_| LazyConnection::with_statement_timeout(Rc::clone(&db), timeout)),
         inbox_reads: Semaphore::new(INBOX_READS_MAX),
         db,
         rate_windows: RefCell::new(AHashMap::new()),
+        metrics: Arc::clone(&config.metrics),
+        rate_leases,
     });
     tokio::task::spawn_local(listener::listen(Rc::clone(&storage)));
     let _ = ready.send(Ok(()));

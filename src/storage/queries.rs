@@ -257,6 +257,13 @@ impl Storage {
             Command::RotateKey { new, reply } => {
                 let _ = reply.send(self.rotate_key(new).await.map_err(CommandError::from));
             }
+            Command::RateLease { org_id, limit, want, need, now_ms, window } => {
+                let request = super::ratelimit::LeaseRequest { org_id, now_ms, want, need, limit };
+                self.rate_leases.push(request, window);
+            }
+            Command::ReturnRateTokens { now_ms, reply } => {
+                let _ = reply.send(self.return_rate_tokens(now_ms).await.map_err(CommandError::from));
+            }
             Command::GetOrg { org_id, reply } => {
                 let _ = reply.send(self.get_org(org_id).await.map_err(CommandError::from));
             }

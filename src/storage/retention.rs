@@ -7,7 +7,9 @@
 //! - A partition whose whole day is older than the retention is detached
 //!   `CONCURRENTLY` (no lock that blocks ingest) and dropped, if every event in it is
 //!   delivered. One with undelivered events is kept (and reported) until they are:
-//!   dropping it would lose events nobody has received.
+//!   dropping it would lose events nobody has received. Kept, but not forever: once
+//!   its day is older than the undelivered retention (the ceiling), it is dropped with
+//!   its undelivered events, which are counted first (`Report::undelivered_dropped`).
 //! - Dedup claims older than the 24 h window (plus an hour) are deleted, in bounded
 //!   batches.
 
@@ -26,6 +28,10 @@ const DEDUP_DELETE_BATCH: i64 = 10_000;
 pub struct RetentionConfig {
     /// Delivered events are kept at least this many days.
     pub retention_days: u32,
+    /// Undelivered events are kept at most this many days (whole days past it are
+    /// dropped whatever their events' status); 0: no ceiling, kept until delivered.
+    /// Never below `retention_days` (the configuration refuses it).
+    pub undelivered_retention_days: u32,
     /// Daily partitions created ahead of today.
     pub ahead_days: u32,
     pub interval: Duration,
@@ -38,6 +44,9 @@ pub struct Report {
     pub dropped: Vec<String>,
     /// Old partitions kept because some of their events are not delivered.
     pub kept: Vec<String>,
+    /// Partitions past the undelivered retention dropped with undelivered events in
+    /// them (also listed in `dropped`), with how many.
+    pub undelivered_dropped: Vec<(String, u64)>,
     pub dedup_claims_deleted: u64,
     pub consumer_leases_deleted: u64,
     /// Attempt log rows of events in dropped partitions.
@@ -85,7 +94,8 @@ pub async fn maintain(
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()?;
     create_ahead(client, today, config.ahead_days, &existing, &mut report).await?;
-    drop_expired(client, today - i64::from(config.retention_days), &existing, &mut report).await?;
+    let horizons = Horizons::at(today, config);
+    drop_expired(client, horizons, &existing, &mut report).await?;
     report.dedup_claims_deleted = delete_expired_claims(client, now_micros).await?;
     let oldest_kept_day =
         existing.iter().filter(|name| !report.dropped.contains(name)).filter_map(|name| day_of(name)).min();
@@ -126,30 +136,72 @@ async fn create_ahead(
     Ok(())
 }
 
-/// Detaches and drops the partitions older than `oldest_kept` whose events are all
-/// delivered; keeps (and reports) the others.
+/// The first days kept, as day numbers: days before `delivered` go when all their
+/// events are delivered, days before `undelivered` go whatever they hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Horizons {
+    delivered: i64,
+    undelivered: Option<i64>,
+}
+
+impl Horizons {
+    fn at(today: i64, config: &RetentionConfig) -> Horizons {
+        let ceiling = config.undelivered_retention_days;
+        Horizons {
+            delivered: today - i64::from(config.retention_days),
+            undelivered: (ceiling > 0).then(|| today - i64::from(ceiling.max(config.retention_days))),
+        }
+    }
+
+    fn past_ceiling(&self, day: i64) -> bool {
+        self.undelivered.is_some_and(|first_kept| day < first_kept)
+    }
+}
+
+/// Detaches and drops the partitions older than the retention whose events are all
+/// delivered, and those past the ceiling whatever they hold; keeps (and reports) the
+/// others.
 async fn drop_expired(
     client: &Client,
-    oldest_kept: i64,
+    horizons: Horizons,
     existing: &[String],
     report: &mut Report,
 ) -> Result<(), tokio_postgres::Error> {
     for name in existing {
         let Some(day) = day_of(name) else { continue };
-        if day >= oldest_kept {
+        if day >= horizons.delivered {
             continue;
         }
-        // EXISTS stops at the first undelivered row; a count would read the whole day.
-        let undelivered: bool = client
-            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE status <> 'delivered')"), &[])
-            .await?
-            .try_get(0)?;
-        if undelivered {
-            report.kept.push(name.clone());
-            continue;
+        let past_ceiling = horizons.past_ceiling(day);
+        if !past_ceiling {
+            // EXISTS stops at the first undelivered row; a count would read the whole day.
+            let undelivered: bool = client
+                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE status <> 'delivered')"), &[])
+                .await?
+                .try_get(0)?;
+            if undelivered {
+                report.kept.push(name.clone());
+                continue;
+            }
         }
         // CONCURRENTLY: waits for queries using the partition, blocks no insert.
         client.batch_execute(&format!("ALTER TABLE events DETACH PARTITION {name} CONCURRENTLY")).await?;
+        if past_ceiling {
+            // Counted once detached: nothing can acknowledge or add an event any more,
+            // so the count is exactly what is lost (the partial index serves it).
+            let undelivered: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {name} WHERE status <> 'delivered'"), &[])
+                .await?
+                .try_get(0)?;
+            if undelivered > 0 {
+                tracing::warn!(
+                    partition = %name,
+                    undelivered,
+                    "dropping a day past --undelivered-retention-days with undelivered events"
+                );
+                report.undelivered_dropped.push((name.clone(), undelivered as u64));
+            }
+        }
         client.batch_execute(&format!("DROP TABLE {name}")).await?;
         report.dropped.push(name.clone());
     }
@@ -212,5 +264,27 @@ mod tests {
         assert_eq!(millis as i64, day * 86_400_000, "48-bit millisecond prefix");
         assert!(bound.simple().to_string()[12..].bytes().all(|b| b == b'0'), "the rest zero");
         assert!(uuid_at_day(day) < uuid_at_day(day + 1));
+    }
+
+    fn config(retention_days: u32, undelivered_retention_days: u32) -> RetentionConfig {
+        RetentionConfig {
+            retention_days,
+            undelivered_retention_days,
+            ahead_days: 3,
+            interval: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_ceiling_is_a_day_horizon_or_none() {
+        let today = 20_783;
+        let horizons = Horizons::at(today, &config(30, 90));
+        assert_eq!(horizons, Horizons { delivered: today - 30, undelivered: Some(today - 90) });
+        assert!(horizons.past_ceiling(today - 91));
+        assert!(!horizons.past_ceiling(today - 90), "day -90 is the oldest kept");
+        assert_eq!(Horizons::at(today, &config(30, 0)).undelivered, None, "0: no ceiling");
+        assert!(!Horizons::at(today, &config(30, 0)).past_ceiling(0));
+        // Never below the retention, even if a caller passes one.
+        assert_eq!(Horizons::at(today, &config(30, 7)).undelivered, Some(today - 30));
     }
 }

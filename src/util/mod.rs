@@ -1,11 +1,13 @@
 //! Leaf utilities: they use nothing else of the crate, and everything may use them.
 //! `time` (the one wall clock, calendar arithmetic, the wire's date formats), `ids`
 //! (the UUIDv7 layout), `json` (the body gate, the shape check, the response writer),
-//! `url` (the one webhook URL parser), `sys` (CPUs, pinning, io_uring, limits),
-//! `stats` (single-writer counters, histograms and the exposition format).
+//! `url` (the one webhook URL parser), `sys` (CPUs, pinning, io_uring, limits, the
+//! process's own figures), `stats` (single-writer counters, histograms and the
+//! exposition format), `logsink` (log lines written to stderr off the caller's thread).
 
 pub mod ids;
 pub mod json;
+pub mod logsink;
 pub mod stats;
 pub mod sys;
 pub mod time;

@@ -1,6 +1,7 @@
 //! The operating system beneath the service: which CPUs the process may use, pinning a
-//! thread, the io_uring probe, and the resource limits (open files, memlock). Plain
-//! calls into libc, each with its `// SAFETY:` reasoning; no state.
+//! thread, the io_uring probe, the resource limits (open files, memlock) and the
+//! process's own figures from /proc (for the `process_*` metrics). Plain calls into
+//! libc, each with its `// SAFETY:` reasoning; no state.
 
 /// Number of CPUs this process may run on.
 pub fn available_cpus() -> usize {
@@ -162,9 +163,99 @@ pub fn lock_file(path: &std::path::Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
+/// The process's own figures, as Prometheus's `process_*` metrics name them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    /// User and system CPU time, in seconds.
+    pub cpu_seconds: f64,
+    pub resident_memory_bytes: u64,
+    pub open_fds: u64,
+    /// The soft limit on open files.
+    pub max_fds: u64,
+    /// Seconds since the Unix epoch.
+    pub start_time_seconds: f64,
+}
+
+/// Reads the process's figures from /proc (a few small reads, plus one directory
+/// entry per open descriptor: O(connections)). Call it off the HTTP cores. `None` off
+/// Linux or when /proc is not mounted.
+pub fn process_stats() -> Option<ProcessStats> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let boot_time = boot_time_seconds(&std::fs::read_to_string("/proc/stat").ok()?)?;
+    // SAFETY: sysconf reads a configuration value; no memory is passed.
+    let (ticks, page_bytes) =
+        unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let figures = parse_stat(&stat)?;
+    let ticks = ticks.max(1) as f64;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct into a live local.
+    let max_fds =
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 0 };
+    Some(ProcessStats {
+        cpu_seconds: (figures.user_ticks + figures.system_ticks) as f64 / ticks,
+        resident_memory_bytes: figures.resident_pages * page_bytes.max(0) as u64,
+        // read_dir lists the descriptor it reads through as well.
+        open_fds: open_fds.saturating_sub(1),
+        max_fds,
+        start_time_seconds: boot_time as f64 + figures.start_ticks as f64 / ticks,
+    })
+}
+
+/// The fields of /proc/self/stat the metrics use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StatFigures {
+    user_ticks: u64,
+    system_ticks: u64,
+    /// Since boot.
+    start_ticks: u64,
+    resident_pages: u64,
+}
+
+/// Parses /proc/<pid>/stat (proc(5)): fields after the command name, which is in
+/// parentheses and may hold spaces and parentheses itself, so the split starts after
+/// the last `)`. utime, stime, starttime and rss are fields 14, 15, 22 and 24.
+fn parse_stat(text: &str) -> Option<StatFigures> {
+    let fields: Vec<&str> = text.get(text.rfind(')')? + 1..)?.split_whitespace().collect();
+    // Field n (1-based) is fields[n - 3]: the first after `)` is field 3 (state).
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(StatFigures {
+        user_ticks: field(14)?,
+        system_ticks: field(15)?,
+        start_ticks: field(22)?,
+        resident_pages: field(24)?,
+    })
+}
+
+/// The `btime` line of /proc/stat: boot time, seconds since the Unix epoch.
+fn boot_time_seconds(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_are_read_after_the_command_name() {
+        let text = "4242 (tri ger) d) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 5 0 98765 \
+                    123456789 2048 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0";
+        let figures = parse_stat(text).unwrap();
+        assert_eq!(
+            figures,
+            StatFigures { user_ticks: 250, system_ticks: 75, start_ticks: 98_765, resident_pages: 2048 }
+        );
+        assert_eq!(parse_stat("4242 (cut short) S 1 2"), None);
+        assert_eq!(boot_time_seconds("cpu  1 2 3\nbtime 1790000000\nprocesses 9\n"), Some(1_790_000_000));
+    }
+
+    #[test]
+    fn this_process_reads_its_own_figures() {
+        let stats = process_stats().expect("/proc is mounted");
+        assert!(stats.resident_memory_bytes > 0 && stats.open_fds >= 3 && stats.max_fds >= stats.open_fds);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(stats.start_time_seconds <= now + 1.0 && stats.start_time_seconds > now - 86_400.0 * 365.0);
+    }
 
     #[test]
     fn this_process_has_allowed_cpus() {

@@ -57,6 +57,8 @@ impl Drop for FreshDatabase {
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served apart from `addr` (`--metrics-listen`), if it is.
+    pub metrics_addr: Option<SocketAddr>,
     child: Child,
 }
 
@@ -98,11 +100,16 @@ impl Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_triggerd"));
         command
             .args(["serve", "--listen", listen, "--http-cores", "2", "--database-url", database])
-            .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB])
-            .args(["--log", &std::env::var("TRIGGERD_TEST_LOG").unwrap_or_else(|_| "warn".into())])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(if log.is_some() { Stdio::piped() } else { Stdio::inherit() });
+            .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB]);
+        // A test that reads the log may choose its level.
+        if !extra.contains(&"--log") {
+            command.args(["--log", &std::env::var("TRIGGERD_TEST_LOG").unwrap_or_else(|_| "warn".into())]);
+        }
+        command.args(extra).stdout(Stdio::piped()).stderr(if log.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
         let mut child = command.spawn().expect("spawn triggerd");
         if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
             std::thread::spawn(move || {
@@ -113,11 +120,16 @@ impl Server {
         }
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics_addr = None;
         let mut addr: SocketAddr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(addr) = line.strip_prefix("triggerd listening on http://") {
                         break addr.parse().expect("address on the listening line");
+                    }
+                    if let Some(rest) = line.strip_prefix("triggerd metrics on http://") {
+                        let addr = rest.strip_suffix("/metrics").expect("the metrics path");
+                        metrics_addr = Some(addr.parse().expect("address on the metrics line"));
                     }
                 }
                 _ => {
@@ -133,7 +145,7 @@ impl Server {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { addr, child }
+        Server { addr, metrics_addr, child }
     }
 
     pub fn connect(&self) -> Conn {
@@ -149,6 +161,22 @@ impl Server {
         body: Option<&str>,
     ) -> Response {
         self.connect().request(method, path, headers, body)
+    }
+
+    /// The text of `GET /metrics`, from the metrics address if the server has one.
+    pub fn metrics_text(&self) -> String {
+        let response =
+            Conn::new(self.metrics_addr.unwrap_or(self.addr)).request("GET", "/metrics", &[], None);
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.text()
+    }
+
+    /// One unlabelled sample of `GET /metrics` (a counter or gauge).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in the exposition"))
     }
 
     pub fn generate(&self, name: &str, tier: &str) -> Org {
@@ -337,6 +365,11 @@ pub fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: O
 /// A synchronous PostgreSQL client for assertions on what was stored.
 pub fn db() -> postgres::Client {
     postgres::Client::connect(&database_url(), postgres::NoTls).expect("connect to the test database")
+}
+
+/// A synchronous client of the database at `url` (a `FreshDatabase`).
+pub fn db_at(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).expect("connect to the test database")
 }
 
 pub fn event_count(db: &mut postgres::Client, org_id: &str) -> i64 {
