@@ -40,7 +40,7 @@ pub struct ServeConfig {
     /// Serve GET /metrics on this address (`ip:port` or `host:port`), from a thread of
     /// its own, instead of on the public --listen port (which then answers 404 there).
     /// Port 0 picks one, printed as "triggerd metrics on http://…/metrics".
-    #[arg(long, env = "TRIGGERD_METRICS_LISTEN", value_parser = parse_listen)]
+    #[arg(long, help_heading = "Network", env = "TRIGGERD_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Number of HTTP cores (glommio executors, one pinned thread each). Default: all
@@ -249,7 +249,12 @@ pub struct ServeConfig {
     /// whole even if some of its events were never delivered (they are counted in
     /// triggerd_events_dropped_undelivered_total and logged). 0 keeps them until
     /// delivered, however long. At least --retention-days.
-    #[arg(long, env = "TRIGGERD_UNDELIVERED_RETENTION_DAYS", default_value_t = 90)]
+    #[arg(
+        long,
+        help_heading = "Retention",
+        env = "TRIGGERD_UNDELIVERED_RETENTION_DAYS",
+        default_value_t = 90
+    )]
     pub undelivered_retention_days: u32,
 
     /// Daily event partitions created ahead of today.
@@ -278,7 +283,7 @@ pub struct ServeConfig {
     /// status, duration, organisation, client), written off the HTTP cores (lines are
     /// dropped and counted, never waited for, if stderr falls behind). Also logs every
     /// webhook attempt at INFO, successes included.
-    #[arg(long, env = "TRIGGERD_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, help_heading = "Process", env = "TRIGGERD_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub access_log: bool,
 
     /// Configuration file: `name = value` lines, names being these options' long names
