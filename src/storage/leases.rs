@@ -77,25 +77,30 @@ pub async fn prepare(client: &Client) -> Result<LeaseStatements, tokio_postgres:
                 "SELECT 1 FROM consumer_leases WHERE org_id = $1 AND lease_id = $2 AND expires_at > now()",
             )
             .await?,
-        // Idempotent: events this lease already acknowledged are listed again.
+        // Idempotent: events this lease already acknowledged are listed again. Ids come
+        // back in id order (UPDATE … RETURNING has none), so answers are repeatable.
         ack: client
             .prepare(
-                "UPDATE events SET status = 'delivered', delivered_at = coalesce(delivered_at, now()),
-                                   next_attempt_at = NULL
-                 WHERE org_id = $1 AND consumer_lease = $2 AND consumer_lease_until > now()
-                   AND status <> 'failed' AND ($3::uuid[] IS NULL OR id = ANY($3))
-                 RETURNING id",
+                "WITH done AS (
+                     UPDATE events SET status = 'delivered', delivered_at = coalesce(delivered_at, now()),
+                                       next_attempt_at = NULL
+                     WHERE org_id = $1 AND consumer_lease = $2 AND consumer_lease_until > now()
+                       AND status <> 'failed' AND ($3::uuid[] IS NULL OR id = ANY($3))
+                     RETURNING id)
+                 SELECT id FROM done ORDER BY id",
             )
             .await?,
         // A released event that has used up its leases is set aside like an expired one.
         release: client
             .prepare(
-                "UPDATE events SET consumer_lease = NULL, consumer_lease_until = NULL,
-                     status = CASE WHEN leases >= $4 THEN 'failed' ELSE status END,
-                     last_error = CASE WHEN leases >= $4 THEN $5 ELSE last_error END
-                 WHERE org_id = $1 AND consumer_lease = $2 AND consumer_lease_until > now()
-                   AND status = 'pending' AND ($3::uuid[] IS NULL OR id = ANY($3))
-                 RETURNING id",
+                "WITH done AS (
+                     UPDATE events SET consumer_lease = NULL, consumer_lease_until = NULL,
+                         status = CASE WHEN leases >= $4 THEN 'failed' ELSE status END,
+                         last_error = CASE WHEN leases >= $4 THEN $5 ELSE last_error END
+                     WHERE org_id = $1 AND consumer_lease = $2 AND consumer_lease_until > now()
+                       AND status = 'pending' AND ($3::uuid[] IS NULL OR id = ANY($3))
+                     RETURNING id)
+                 SELECT id FROM done ORDER BY id",
             )
             .await?,
     })
