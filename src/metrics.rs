@@ -103,6 +103,11 @@ impl Registry {
                 sources.deliveries.in_flight.load(Ordering::Relaxed) as f64,
             ),
             (
+                "triggerd_ingest_shedding_cores",
+                "HTTP cores shedding load: their events' wait for a commit is a standing queue (503 beyond 64 waiting).",
+                handoff.links.iter().filter(|link| link.shedding.load(Ordering::Relaxed)).count() as f64,
+            ),
+            (
                 "triggerd_stream_reads_held",
                 "Stream reads (long-polls and event streams) waiting for a commit.",
                 handoff.stream_waiters.load(Ordering::Relaxed) as f64,

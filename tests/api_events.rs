@@ -199,3 +199,52 @@ fn a_full_ring_answers_503_and_loses_nothing() {
     // Once the pressure is gone the same server accepts again.
     assert_eq!(org.post_event(&server, EVENT).status, 202);
 }
+
+#[test]
+fn a_standing_queue_is_shed_at_once_and_admitted_again_when_it_drains() {
+    // One core, a ring of 4 (so a floor of 2 waiting events), a 50 ms target. The
+    // events table is locked: the first two events wait, and a whole interval passes
+    // with nothing committed while they do: a standing queue.
+    let server = Server::start(&["--http-cores", "1", "--ring-capacity", "4", "--queue-target-ms", "50"]);
+    let org = server.generate("shedding", "enterprise");
+    let mut lock_holder = db();
+    let mut lock = lock_holder.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE events IN EXCLUSIVE MODE").unwrap();
+    std::thread::scope(|scope| {
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let mut conn = server.connect();
+                let org = &org;
+                scope.spawn(move || conn.request("POST", "/api/events", &org.headers(), Some(EVENT)))
+            })
+            .collect();
+        // Every request (a scrape too) brings the core's verdict up to date.
+        let mut scrapes = 0;
+        while server.metric("triggerd_ingest_shedding_cores") < 1.0 {
+            scrapes += 1;
+            assert!(scrapes < 100_000, "the core never saw its queue standing");
+        }
+        // The ring has room for two more, but the queue stands: 503 at once, not stored.
+        let shed = org.post_event(&server, EVENT);
+        shed.assert_error(503, "overloaded");
+        assert_eq!(shed.header("Retry-After"), Some("1"));
+        let batch = format!(r#"{{"events":[{EVENT}]}}"#);
+        server
+            .request("POST", "/api/events/batch", &org.headers(), Some(&batch))
+            .assert_error(503, "overloaded");
+        lock.rollback().unwrap();
+        for request in waiting {
+            assert_eq!(request.join().unwrap().status, 202, "admitted events are stored");
+        }
+    });
+    assert_eq!(event_count(&mut db(), &org.id), 2);
+    // Below the floor events are always taken; once one commits within the target
+    // the core stops shedding.
+    let mut accepted = 0;
+    while server.metric("triggerd_ingest_shedding_cores") > 0.0 {
+        assert_eq!(org.post_event(&server, EVENT).status, 202);
+        accepted += 1;
+        assert!(accepted < 10_000, "the core never stopped shedding");
+    }
+    assert_eq!(event_count(&mut db(), &org.id), 2 + accepted);
+}

@@ -210,6 +210,9 @@ impl Api {
 impl Handler for Api {
     async fn handle<'a>(&'a self, request: Request<'a>, response: &'a mut ResponseBuf) -> u16 {
         let started = Instant::now();
+        // Every request brings the core's shedding verdict up to date (its gauge too),
+        // even while no event arrives or commits.
+        self.shard.tickets().refresh();
         let mut generated = [0u8; REQUEST_ID_GENERATED_BYTES_MAX];
         let theirs = request.request_id();
         let made = if theirs.is_none() { self.shard.next_request_id(&mut generated) } else { 0 };

@@ -12,6 +12,7 @@
 //! never signalled and an idle one never misses an event.
 
 pub mod commands;
+pub mod shedding;
 pub mod tickets;
 
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
@@ -108,6 +109,8 @@ pub struct CoreLink {
     /// reads; `notices_overflow` stands for "any organisation" when it was full.
     notices: ArrayQueue<Uuid>,
     notices_overflow: AtomicBool,
+    /// Whether this core is shedding load (its queue is standing), for the metrics.
+    pub shedding: AtomicBool,
     /// Wakes this core's dispatcher task (a glommio task; woken from a foreign thread).
     waker: AtomicWaker,
 }
@@ -126,6 +129,7 @@ impl CoreLink {
             control: ArrayQueue::new(CONTROL_MAX),
             notices: ArrayQueue::new(NOTICES_MAX),
             notices_overflow: AtomicBool::new(false),
+            shedding: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }

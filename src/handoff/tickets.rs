@@ -2,17 +2,22 @@
 //! on a commit, and the dispatcher that completes them when the storage core answers.
 //!
 //! Everything here is core-local (`Rc<RefCell<…>>`): the only cross-thread traffic is
-//! the ring push, the completion pop and the waker.
+//! the ring push, the completion pop and the waker. Each ticket remembers when it was
+//! handed off, so the core knows how long its events wait for a commit and sheds load
+//! when that wait becomes a standing queue (`shedding`).
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use super::shedding::Shedding;
 use super::{Control, CoreLink, EventRecord, Handoff, Outcome};
 
 enum Slot {
@@ -27,7 +32,10 @@ enum Slot {
 
 struct Slab {
     slots: Vec<Slot>,
+    /// When each slot's event was handed off (µs since `Tickets::epoch`).
+    handed_off_us: Vec<u64>,
     free: Vec<u32>,
+    shedding: Shedding,
 }
 
 /// Why an event could not be handed off.
@@ -42,21 +50,44 @@ pub struct Tickets {
     slab: Rc<RefCell<Slab>>,
     core: usize,
     handoff: Arc<Handoff>,
+    epoch: Instant,
 }
 
 impl Tickets {
     /// `slots` bounds the events this core can have in flight; it equals the ring
-    /// capacity so the completion ring can never overflow.
-    pub fn new(handoff: Arc<Handoff>, core: usize) -> Tickets {
+    /// capacity so the completion ring can never overflow. `queue_target`: the wait for
+    /// a commit above which a queue counts as standing (`None`: never shed).
+    pub fn new(handoff: Arc<Handoff>, core: usize, queue_target: Option<Duration>) -> Tickets {
         let slots = handoff.links[core].events.capacity();
+        // Half the ring, at most `FLOOR_MAX`, at least one event.
+        let floor = (slots / 2).max(1);
         Tickets {
             slab: Rc::new(RefCell::new(Slab {
                 slots: (0..slots).map(|_| Slot::Free).collect(),
+                handed_off_us: vec![0; slots],
                 free: (0..slots as u32).rev().collect(),
+                shedding: Shedding::new(queue_target, floor),
             })),
             core,
             handoff,
+            epoch: Instant::now(),
         }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Whether this core takes `n` more events now: the ring has room and its queue is
+    /// not standing (or they fit under the floor). Ask before admitting them against
+    /// the rate limit; a refusal is a 503 with nothing stored.
+    pub fn admits(&self, n: usize) -> bool {
+        let now_us = self.now_us();
+        let mut slab = self.slab.borrow_mut();
+        let waiting = slab.slots.len() - slab.free.len();
+        let admitted = n <= slab.free.len() && slab.shedding.admits(now_us, waiting, n);
+        self.link().shedding.store(slab.shedding.standing(), Ordering::Relaxed);
+        admitted
     }
 
     fn link(&self) -> &CoreLink {
@@ -69,6 +100,7 @@ impl Tickets {
             let mut slab = self.slab.borrow_mut();
             let slot = slab.free.pop().ok_or(SubmitError::Full)?;
             slab.slots[slot as usize] = Slot::Waiting(None);
+            slab.handed_off_us[slot as usize] = self.now_us();
             slot
         };
         record.slot = slot;
@@ -82,9 +114,9 @@ impl Tickets {
         Ok(TicketFuture { slab: Rc::clone(&self.slab), slot, finished: false })
     }
 
-    /// Ticket slots free right now: how many events this core can still hand off.
-    pub fn free_slots(&self) -> usize {
-        self.slab.borrow().free.len()
+    /// Closes the shedding interval if it is over and publishes the verdict.
+    pub fn refresh(&self) {
+        let _ = self.admits(0);
     }
 
     /// Tickets currently outstanding on this core.
@@ -105,9 +137,14 @@ impl Tickets {
             let link = self.link();
             link.waker.register(cx.waker());
             let mut progressed = false;
+            let now_us = self.now_us();
             while let Some((slot, outcome)) = link.completions.pop() {
-                self.complete(slot, outcome);
+                self.complete(slot, outcome, now_us);
                 progressed = true;
+            }
+            if progressed {
+                let standing = self.slab.borrow().shedding.standing();
+                link.shedding.store(standing, Ordering::Relaxed);
             }
             while let Some(control) = link.control.pop() {
                 on_control(control);
@@ -131,8 +168,10 @@ impl Tickets {
         .await
     }
 
-    fn complete(&self, slot: u32, outcome: Outcome) {
+    fn complete(&self, slot: u32, outcome: Outcome, now_us: u64) {
         let mut slab = self.slab.borrow_mut();
+        let waited_us = now_us.saturating_sub(slab.handed_off_us[slot as usize]);
+        slab.shedding.completed(now_us, waited_us);
         let state = std::mem::replace(&mut slab.slots[slot as usize], Slot::Free);
         match state {
             Slot::Waiting(waker) => {
@@ -217,14 +256,14 @@ mod tests {
     #[test]
     fn slots_bound_in_flight_events_and_are_reused() {
         let handoff = Handoff::new(1, 2);
-        let tickets = Tickets::new(Arc::clone(&handoff), 0);
+        let tickets = Tickets::new(Arc::clone(&handoff), 0, None);
         let mut first = tickets.submit(record()).unwrap();
         let _second = tickets.submit(record()).unwrap();
         assert_eq!(tickets.submit(record()).err(), Some(SubmitError::Full));
         assert!(poll_once(&mut first).is_pending());
 
         let popped = handoff.links[0].events.pop().unwrap();
-        tickets.complete(popped.slot, Outcome::Accepted);
+        tickets.complete(popped.slot, Outcome::Accepted, 0);
         assert_eq!(poll_once(&mut first), Poll::Ready(Outcome::Accepted));
         drop(first);
         assert_eq!(tickets.in_flight(), 1);
@@ -233,11 +272,11 @@ mod tests {
     #[test]
     fn abandoned_tickets_free_their_slot_on_completion() {
         let handoff = Handoff::new(1, 1);
-        let tickets = Tickets::new(Arc::clone(&handoff), 0);
+        let tickets = Tickets::new(Arc::clone(&handoff), 0, None);
         drop(tickets.submit(record()).unwrap());
         assert_eq!(tickets.in_flight(), 1, "slot stays taken while the storage core holds the event");
         let popped = handoff.links[0].events.pop().unwrap();
-        tickets.complete(popped.slot, Outcome::Unavailable);
+        tickets.complete(popped.slot, Outcome::Unavailable, 0);
         assert_eq!(tickets.in_flight(), 0);
         assert!(tickets.submit(record()).is_ok());
     }

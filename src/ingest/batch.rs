@@ -136,7 +136,7 @@ pub fn decode_entries(body: &mut [u8], scratch: &mut JsonScratch) -> Result<Entr
 }
 
 /// Admits, hands off and awaits every valid entry. `Err` (503, nothing stored) when
-/// this core cannot take all valid entries at once.
+/// this core cannot take all valid entries at once (ring full, or its queue standing).
 pub async fn ingest_batch(
     shard: &Shard,
     org: &Org,
@@ -144,7 +144,7 @@ pub async fn ingest_batch(
     now_micros: i64,
 ) -> Result<(Vec<EntryResult>, RateState), IngestError> {
     let valid = entries.iter().filter(|e| e.is_ok()).count();
-    if valid > shard.tickets().free_slots() {
+    if !shard.tickets().admits(valid) {
         return Err(IngestError::Overloaded);
     }
     let created_at_micros = now_micros;

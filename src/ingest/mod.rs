@@ -109,6 +109,10 @@ pub async fn ingest(
 ) -> (Result<Accepted, IngestError>, RateState) {
     let created_at_micros = now_micros;
     let now_ms = (created_at_micros / 1000) as u64;
+    // Asked before the rate limit, so a shed event costs the organisation nothing.
+    if !shard.tickets().admits(1) {
+        return (Err(IngestError::Overloaded), RateState::peek(org, now_ms));
+    }
     let (mut state, window_id) = match admit(shard, org, now_ms, 1).await {
         Ok(admitted) => (admitted.state, admitted.window),
         Err(Refused::Limited { reset_ms }) => {

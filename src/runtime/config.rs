@@ -109,6 +109,13 @@ pub struct ServeConfig {
     #[arg(long, help_heading = "Limits", env = "TRIGGERD_RING_CAPACITY", default_value_t = 4096)]
     pub ring_capacity: usize,
 
+    /// Load shedding: when no event of the last 100 ms waited less than this for its
+    /// commit (a standing queue), an HTTP core takes new events only while fewer than
+    /// 64 of its own wait, and answers the rest 503 with Retry-After at once. 0: off
+    /// (only --ring-capacity bounds the queue).
+    #[arg(long, help_heading = "Limits", env = "TRIGGERD_QUEUE_TARGET_MS", default_value_t = 20)]
+    pub queue_target_ms: u64,
+
     /// Most events written in one batch (one statement, one commit).
     #[arg(long, help_heading = "Limits", env = "TRIGGERD_BATCH_EVENTS_MAX", default_value_t = 512)]
     pub batch_events_max: usize,

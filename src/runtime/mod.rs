@@ -320,6 +320,7 @@ fn shard_settings(config: &ServeConfig, instance_id: u64) -> ShardSettings {
         key_failures_per_address_max: config.key_failures_per_address_max,
         signups_per_address_max: config.signups_per_address_max,
         instance_id,
+        queue_target: (config.queue_target_ms > 0).then(|| Duration::from_millis(config.queue_target_ms)),
     }
 }
 

@@ -43,6 +43,9 @@ pub struct ShardSettings {
     /// This process's random id (chosen at start-up): the prefix of the request ids it
     /// makes, so they are unique across instances and restarts.
     pub instance_id: u64,
+    /// The wait for a commit above which a core's queue is standing (`None`: no
+    /// shedding; `handoff::shedding`).
+    pub queue_target: Option<std::time::Duration>,
 }
 
 /// Longest request id the server makes (`Shard::next_request_id`).
@@ -139,7 +142,7 @@ impl Shard {
             core,
             keys: RefCell::new(KeyTable::new(settings.key_cache_max, settings.negative_cache_max)),
             resolving: RefCell::new(AHashMap::new()),
-            tickets: Tickets::new(Arc::clone(&parts.handoff), core),
+            tickets: Tickets::new(Arc::clone(&parts.handoff), core, settings.queue_target),
             commands: parts.commands,
             status: parts.status,
             hash_pool: parts.hash_pool,

@@ -99,8 +99,12 @@ impl Server {
     ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_triggerd"));
         command
-            .args(["serve", "--listen", listen, "--http-cores", "2", "--database-url", database])
+            .args(["serve", "--listen", listen, "--database-url", database])
             .args(["--argon2-memory-kib", TEST_ARGON2_MEMORY_KIB]);
+        // Two cores unless a test chooses.
+        if !extra.contains(&"--http-cores") {
+            command.args(["--http-cores", "2"]);
+        }
         // A test that reads the log may choose its level.
         if !extra.contains(&"--log") {
             command.args(["--log", &std::env::var("TRIGGERD_TEST_LOG").unwrap_or_else(|_| "warn".into())]);
