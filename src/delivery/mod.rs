@@ -213,7 +213,7 @@ impl Engine {
         Rc::new(Engine {
             connection: LazyConnection::new(db),
             owner: Uuid::now_v7(),
-            client: WebhookClient::new(config.allow_private, config.timeout),
+            client: WebhookClient::new(config.allow_private, config.timeout, config.per_org_max),
             scheduler: RefCell::new(Scheduler::new(limits, Instant::now())),
             config,
             wake: Notify::new(),
