@@ -10,7 +10,9 @@
 //!
 //! Isolation: at most `per_org_max` attempts of one organisation are in flight (a
 //! saturated organisation is excluded from claims), and at most `in_flight_max` in
-//! all, so a slow or dead receiver holds a few slots, never the engine.
+//! all, so a slow or dead receiver holds a few slots, never the engine. When an
+//! organisation's attempts finish while it has more due, the engine claims for it
+//! again at once (`scheduler::Scheduler::org_claim`), not at the next poll.
 //!
 //! The decisions (limits, claim times, the backlog, which attempts start) live in
 //! [`scheduler`], a plain struct that takes `now`; the `Engine` here is its I/O: the
@@ -88,7 +90,8 @@ pub struct Engine {
     connection: LazyConnection<DeliveryStatements>,
     /// Counts, limits and claim times. Borrowed only between awaits.
     scheduler: RefCell<Scheduler>,
-    /// Woken by a completion that asks for a claim (the scheduler moved its wake-up).
+    /// Woken by a completion that asks for a claim (the scheduler moved its wake-up, or
+    /// has an organisation claim to make).
     wake: Notify,
     metrics: Arc<DeliveryMetrics>,
     /// Shared with the main thread: `stop` is read into the scheduler before each
@@ -265,7 +268,7 @@ impl Engine {
             match wake {
                 Wake::Handed(events) => self.claim_handed(events).await,
                 Wake::Closed => return,
-                Wake::Asked => {}
+                Wake::Asked => self.claim_orgs().await,
                 Wake::Timer => self.poll_due().await,
             }
             if Instant::now() >= next_stats {
@@ -330,6 +333,32 @@ impl Engine {
                 self.carry_out(claimed, admissions);
             }
             Err(e) => tracing::warn!(error = %crate::util::error_chain(&e), "claiming due deliveries failed"),
+        }
+    }
+
+    /// Claims for the organisations whose completions freed slots while they have more
+    /// due, if the scheduler has such a claim.
+    async fn claim_orgs(self: &Rc<Self>) {
+        let Some(request) = self.scheduler().org_claim() else { return };
+        let claimed = match self.connection().await {
+            Ok(c) => {
+                let lease_ms = self.config.lease.as_millis() as i64;
+                store::claim_orgs(&c.client, &c.statements, self.owner, now_micros(), lease_ms, &request.orgs)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok(claimed) => {
+                let orgs: Vec<Uuid> = claimed.iter().map(|c| c.org_id).collect();
+                let admissions = self.scheduler().on_org_claimed(&request, &orgs);
+                self.carry_out(claimed, admissions);
+            }
+            // Those organisations keep their backlog: their next completion, or the
+            // poller, claims for them again.
+            Err(e) => {
+                tracing::warn!(error = %crate::util::error_chain(&e), "claiming an organisation's due deliveries failed")
+            }
         }
     }
 

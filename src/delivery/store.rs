@@ -73,6 +73,7 @@ pub enum Record {
 
 pub struct DeliveryStatements {
     claim_due: Statement,
+    claim_orgs: Statement,
     claim_ids: Statement,
     release: Statement,
     delivered: Statement,
@@ -142,6 +143,19 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                          ORDER BY e.next_attempt_at LIMIT $6 FOR UPDATE SKIP LOCKED) d
                      WHERE o.webhook_url IS NOT NULL AND o.org_id <> ALL($5::uuid[])
                      ORDER BY d.next_attempt_at LIMIT $4"
+                )))
+                .await?,
+            // The listed organisations (with a webhook), each its oldest due attempts,
+            // at most its own count.
+            claim_orgs: client
+                .prepare(&claim_sql(&format!(
+                    "SELECT d.org_id, d.id FROM unnest($5::uuid[], $6::int8[]) AS r(org_id, room)
+                     JOIN organizations o ON o.org_id = r.org_id
+                     CROSS JOIN LATERAL (
+                         SELECT e.org_id, e.id FROM events e
+                         WHERE e.org_id = r.org_id AND e.next_attempt_at <= {NOW} AND {claimable}
+                         ORDER BY e.next_attempt_at LIMIT r.room FOR UPDATE SKIP LOCKED) d
+                     WHERE o.webhook_url IS NOT NULL AND $4::int8 IS NOT NULL"
                 )))
                 .await?,
             claim_ids: client
@@ -240,6 +254,24 @@ pub async fn claim_due(
     let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
         [&owner, &now_micros, &lease_ms, &limit, &excluded, &per_org];
     let rows = client.query(&statements.claim_due, &parameters).await?;
+    rows_to_claimed(rows)
+}
+
+/// Claims, of each organisation `(org, n)` in `orgs`, up to `n` due attempts, oldest first.
+pub async fn claim_orgs(
+    client: &Client,
+    statements: &DeliveryStatements,
+    owner: Uuid,
+    now_micros: i64,
+    lease_ms: i64,
+    orgs: &[(Uuid, usize)],
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = orgs.iter().map(|(org, _)| *org).collect();
+    let rooms: Vec<i64> = orgs.iter().map(|(_, n)| *n as i64).collect();
+    let total: i64 = rooms.iter().sum();
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&owner, &now_micros, &lease_ms, &total, &ids, &rooms];
+    let rows = client.query(&statements.claim_orgs, &parameters).await?;
     rows_to_claimed(rows)
 }
 
