@@ -102,11 +102,16 @@ fn a_backlog_beyond_the_per_organisation_cap_drains_without_waiting_for_the_poll
     let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
     let response = server.request("POST", "/api/events/batch", &org.headers(), Some(&body));
     assert_eq!(response.status, 200, "{}", response.text());
-    let ids: Vec<String> =
-        response.json()["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = response.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 20);
 
-    let mut received: Vec<String> = (0..20).map(|_| receiver.next(WAIT).header("webhook-id").to_string()).collect();
+    let mut received: Vec<String> =
+        (0..20).map(|_| receiver.next(WAIT).header("webhook-id").to_string()).collect();
     received.sort();
     received.dedup();
     let mut expected = ids.clone();

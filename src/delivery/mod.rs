@@ -83,9 +83,9 @@ const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// and the poller finds those events (they are already due in the database).
 pub const HANDOFF_QUEUE_MAX: usize = 256;
 /// Outcomes written per statement at most. The queue itself holds at most one outcome
-/// per attempt in flight (`in_flight_max`). At ~60 µs of PostgreSQL CPU per outcome row
-/// and one fdatasync (~50-250 µs here) per statement, 256 rows make the commit a small
-/// share of the batch, and a batch a few milliseconds at most.
+/// per attempt in flight (`in_flight_max`). One statement costs one fdatasync (~50-250
+/// µs here) however many rows it holds; at the tens of µs of PostgreSQL CPU a row of
+/// the ingest path costs (issue 16), 256 rows keep a batch to a few milliseconds.
 const RECORD_BATCH_MAX: usize = 256;
 
 /// The I/O around the `Scheduler`: it reads the clock, runs the SQL, spawns the

@@ -742,7 +742,7 @@ mod tests {
                                 .orgs
                                 .iter()
                                 .flat_map(|(org, n)| {
-                                    std::iter::repeat(*org).take(rng.below(*n as u64 + 1) as usize)
+                                    std::iter::repeat_n(*org, rng.below(*n as u64 + 1) as usize)
                                 })
                                 .collect();
                             let admissions = s.on_org_claimed(&request, &orgs);
