@@ -87,6 +87,41 @@ fn delivers_signed_events_once_committed() {
     assert!(metrics.contains("triggerd_deliveries_total{outcome=\"delivered\"} 1\n"), "{metrics}");
 }
 
+/// An organisation with more events than its cap of attempts in flight is drained by
+/// its own completions: the poll interval here is an hour, so after the first claim
+/// only the claims that completions bring can deliver the rest.
+#[test]
+fn a_backlog_beyond_the_per_organisation_cap_drains_without_waiting_for_the_poller() {
+    let database = FreshDatabase::new();
+    let receiver = Receiver::start(|_| Reply::Status(204));
+    let args = ["--webhook-allow-private", "--delivery-poll-ms", "3600000", "--deliveries-per-org-max", "2"];
+    let server = Server::start_on(&database.url, &args);
+    let org = server.generate("backlogged", "pro");
+    configure(&server, &org, &receiver.url());
+    let events: Vec<String> = (0..20).map(|n| format!(r#"{{"type":"t","payload":{{"n":{n}}}}}"#)).collect();
+    let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+    let response = server.request("POST", "/api/events/batch", &org.headers(), Some(&body));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let ids: Vec<String> = response.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 20);
+
+    let mut received: Vec<String> =
+        (0..20).map(|_| receiver.next(WAIT).header("webhook-id").to_string()).collect();
+    received.sort();
+    received.dedup();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(received, expected, "each event pushed once");
+    eventually(WAIT, "every event is recorded delivered", || {
+        ids.iter().all(|id| state(&database, id) == ("delivered".to_string(), 1, false, None))
+    });
+}
+
 #[test]
 fn fails_twice_then_succeeds_with_growing_gaps() {
     let database = FreshDatabase::new();

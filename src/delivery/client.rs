@@ -5,8 +5,10 @@
 //!   `guard::is_forbidden` (unless private destinations are allowed) and the first
 //!   allowed one is connected to. DNS rebinding cannot bypass the check.
 //! - https uses rustls with the Mozilla roots (webpki-roots).
-//! - Idle connections are kept per destination (scheme, host, port), at most
-//!   `IDLE_PER_DESTINATION_MAX` each, and reused.
+//! - Idle connections are kept per destination (scheme, host, port) and reused, as many
+//!   as one organisation may have attempts in flight (`--deliveries-per-org-max`, at
+//!   least `IDLE_PER_DESTINATION_MIN`): fewer would make part of every full round of an
+//!   organisation's attempts open new connections.
 //! - Redirects are not followed (a 3xx is a failed attempt); response bodies are read
 //!   up to `RESPONSE_BYTES_MAX` and discarded; the whole attempt has one timeout.
 
@@ -30,8 +32,8 @@ use super::guard::is_forbidden;
 use super::schedule::{parse_retry_after, AttemptResult};
 use crate::util::url::Target;
 
-/// Idle connections kept per destination.
-pub const IDLE_PER_DESTINATION_MAX: usize = 4;
+/// Idle connections kept per destination at least.
+pub const IDLE_PER_DESTINATION_MIN: usize = 4;
 /// Response body bytes read (and discarded) at most.
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
 /// Destinations with idle connections kept at most.
@@ -44,18 +46,23 @@ pub struct WebhookClient {
     allow_private: bool,
     timeout: Duration,
     tls: TlsConnector,
+    /// Idle connections kept per destination at most; set at construction.
+    idle_per_destination_max: usize,
     /// Idle connections by destination; bounded per destination and in destinations.
     idle: RefCell<AHashMap<(bool, String, u16), Vec<Sender>>>,
 }
 
 impl WebhookClient {
-    pub fn new(allow_private: bool, timeout: Duration) -> WebhookClient {
+    /// `per_org_max`: attempts of one organisation in flight at most, the idle
+    /// connections kept per destination.
+    pub fn new(allow_private: bool, timeout: Duration, per_org_max: usize) -> WebhookClient {
         let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
         WebhookClient {
             allow_private,
             timeout,
             tls: TlsConnector::from(Arc::new(config)),
+            idle_per_destination_max: per_org_max.max(IDLE_PER_DESTINATION_MIN),
             idle: RefCell::default(),
         }
     }
@@ -123,7 +130,7 @@ impl WebhookClient {
             }
         }
         let senders = idle.entry((target.https, target.host.clone(), target.port)).or_default();
-        if senders.len() < IDLE_PER_DESTINATION_MAX {
+        if senders.len() < self.idle_per_destination_max {
             senders.push(sender);
         }
     }
@@ -186,13 +193,13 @@ mod tests {
     fn private_destinations_are_refused_unless_allowed() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let target = Target::parse("http://127.0.0.1:9/").unwrap();
-        let refused = runtime.block_on(WebhookClient::new(false, Duration::from_secs(1)).resolve(&target));
+        let refused = runtime.block_on(WebhookClient::new(false, Duration::from_secs(1), 8).resolve(&target));
         assert!(refused.unwrap_err().starts_with("refused"));
-        let allowed = runtime.block_on(WebhookClient::new(true, Duration::from_secs(1)).resolve(&target));
+        let allowed = runtime.block_on(WebhookClient::new(true, Duration::from_secs(1), 8).resolve(&target));
         assert_eq!(allowed.unwrap(), "127.0.0.1:9".parse().unwrap());
         let localhost = Target::parse("http://localhost:9/").unwrap();
         assert!(runtime
-            .block_on(WebhookClient::new(false, Duration::from_secs(1)).resolve(&localhost))
+            .block_on(WebhookClient::new(false, Duration::from_secs(1), 8).resolve(&localhost))
             .is_err());
     }
 }

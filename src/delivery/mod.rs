@@ -10,7 +10,13 @@
 //!
 //! Isolation: at most `per_org_max` attempts of one organisation are in flight (a
 //! saturated organisation is excluded from claims), and at most `in_flight_max` in
-//! all, so a slow or dead receiver holds a few slots, never the engine.
+//! all, so a slow or dead receiver holds a few slots, never the engine. When an
+//! organisation's attempts finish while it has more due, the engine claims for it
+//! again at once (`scheduler::Scheduler::org_claim`), not at the next poll.
+//!
+//! Outcomes are written in batches: an attempt that ends queues its outcome, and one
+//! writer task writes whatever is queued in one statement (one commit) while the next
+//! batch fills. An attempt stays in flight until its outcome is written.
 //!
 //! The decisions (limits, claim times, the backlog, which attempts start) live in
 //! [`scheduler`], a plain struct that takes `now`; the `Engine` here is its I/O: the
@@ -42,7 +48,7 @@ use metrics::DeliveryMetrics;
 use schedule::AttemptResult;
 use schedule::{Decision, RetrySchedule};
 use scheduler::{Admission, Limits, Scheduler};
-use store::{AttemptLog, Claimed, DeliveryStatements, Record};
+use store::{AttemptLog, Claimed, DeliveryStatements, Outcome, Record};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -76,6 +82,11 @@ const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// Handed-over batches waiting for the engine; beyond it the writer drops the hand-off
 /// and the poller finds those events (they are already due in the database).
 pub const HANDOFF_QUEUE_MAX: usize = 256;
+/// Outcomes written per statement at most. The queue itself holds at most one outcome
+/// per attempt in flight (`in_flight_max`). One statement costs one fdatasync (~50-250
+/// µs here) however many rows it holds; at the tens of µs of PostgreSQL CPU a row of
+/// the ingest path costs (issue 16), 256 rows keep a batch to a few milliseconds.
+const RECORD_BATCH_MAX: usize = 256;
 
 /// The I/O around the `Scheduler`: it reads the clock, runs the SQL, spawns the
 /// attempts, and asks the scheduler every question of how many, when and which.
@@ -88,8 +99,14 @@ pub struct Engine {
     connection: LazyConnection<DeliveryStatements>,
     /// Counts, limits and claim times. Borrowed only between awaits.
     scheduler: RefCell<Scheduler>,
-    /// Woken by a completion that asks for a claim (the scheduler moved its wake-up).
+    /// Woken by a completion that asks for a claim (the scheduler moved its wake-up, or
+    /// has an organisation claim to make).
     wake: Notify,
+    /// Outcomes of attempts that ended, not yet written; at most one per attempt in
+    /// flight. Taken by `write_outcomes`. Borrowed only between awaits.
+    outcomes: RefCell<Vec<Outcome>>,
+    /// Woken when an outcome is queued.
+    outcomes_queued: Notify,
     metrics: Arc<DeliveryMetrics>,
     /// Shared with the main thread: `stop` is read into the scheduler before each
     /// decision; `in_flight` mirrors the scheduler's count after each change.
@@ -213,10 +230,12 @@ impl Engine {
         Rc::new(Engine {
             connection: LazyConnection::new(db),
             owner: Uuid::now_v7(),
-            client: WebhookClient::new(config.allow_private, config.timeout),
+            client: WebhookClient::new(config.allow_private, config.timeout, config.per_org_max),
             scheduler: RefCell::new(Scheduler::new(limits, Instant::now())),
             config,
             wake: Notify::new(),
+            outcomes: RefCell::default(),
+            outcomes_queued: Notify::new(),
             metrics,
             control,
             jitter_state: Cell::new(u64::from_le_bytes(seed) | 1),
@@ -254,6 +273,7 @@ impl Engine {
 
     /// Runs until the hand-off channel closes (the process ends).
     pub async fn run(self: Rc<Self>, mut handed: mpsc::Receiver<Vec<(Uuid, Uuid)>>) {
+        tokio::task::spawn_local(Rc::clone(&self).write_outcomes());
         let mut next_stats = Instant::now();
         loop {
             let deadline = tokio::time::Instant::from_std(self.scheduler().next_wake());
@@ -265,7 +285,7 @@ impl Engine {
             match wake {
                 Wake::Handed(events) => self.claim_handed(events).await,
                 Wake::Closed => return,
-                Wake::Asked => {}
+                Wake::Asked => self.claim_orgs().await,
                 Wake::Timer => self.poll_due().await,
             }
             if Instant::now() >= next_stats {
@@ -333,6 +353,32 @@ impl Engine {
         }
     }
 
+    /// Claims for the organisations whose completions freed slots while they have more
+    /// due, if the scheduler has such a claim.
+    async fn claim_orgs(self: &Rc<Self>) {
+        let Some(request) = self.scheduler().org_claim() else { return };
+        let claimed = match self.connection().await {
+            Ok(c) => {
+                let lease_ms = self.config.lease.as_millis() as i64;
+                store::claim_orgs(&c.client, &c.statements, self.owner, now_micros(), lease_ms, &request.orgs)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok(claimed) => {
+                let orgs: Vec<Uuid> = claimed.iter().map(|c| c.org_id).collect();
+                let admissions = self.scheduler().on_org_claimed(&request, &orgs);
+                self.carry_out(claimed, admissions);
+            }
+            // Those organisations keep their backlog: their next completion, or the
+            // poller, claims for them again.
+            Err(e) => {
+                tracing::warn!(error = %crate::util::error_chain(&e), "claiming an organisation's due deliveries failed")
+            }
+        }
+    }
+
     /// Starts or gives back each claimed attempt, as the scheduler admitted it.
     fn carry_out(self: &Rc<Self>, claimed: Vec<Claimed>, admissions: Vec<Admission>) {
         assert_eq!(claimed.len(), admissions.len());
@@ -345,18 +391,39 @@ impl Engine {
         }
     }
 
-    /// One attempt as its own task; its completion is reported to the scheduler.
+    /// One attempt as its own task; it ends by queuing its outcome, and
+    /// `write_outcomes` reports its completion to the scheduler once that is written.
     fn start(self: &Rc<Self>, claimed: Claimed) {
         let engine = Rc::clone(self);
-        tokio::task::spawn_local(async move {
-            let org_id = claimed.org_id;
-            engine.deliver(claimed).await;
-            let wake = engine.scheduler().on_done(org_id);
-            engine.publish_in_flight();
-            if wake {
-                engine.wake.notify_one();
+        tokio::task::spawn_local(async move { engine.deliver(claimed).await });
+    }
+
+    /// Writes queued outcomes, as many as are queued (at most `RECORD_BATCH_MAX`) per
+    /// statement, and reports each attempt done. Runs as long as the engine.
+    async fn write_outcomes(self: Rc<Self>) {
+        loop {
+            let batch: Vec<Outcome> = {
+                let mut queued = self.outcomes.borrow_mut();
+                let n = queued.len().min(RECORD_BATCH_MAX);
+                queued.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                self.outcomes_queued.notified().await;
+                continue;
             }
-        });
+            self.record_batch(&batch).await;
+            let mut wake = false;
+            {
+                let mut scheduler = self.scheduler();
+                for outcome in &batch {
+                    wake |= scheduler.on_done(outcome.org_id);
+                }
+            }
+            self.publish_in_flight();
+            if wake {
+                self.wake.notify_one();
+            }
+        }
     }
 
     /// Releases the lease of an attempt not started; it stays due for a later claim.
@@ -413,25 +480,55 @@ impl Engine {
         };
         self.metrics.outcome(&record);
         log_attempt(&claimed, &record, elapsed, self.config.log_every_attempt);
-        self.record(&claimed, &record, &log).await;
+        let outcome = Outcome { org_id: claimed.org_id, id: claimed.id, record, log };
+        self.outcomes.borrow_mut().push(outcome);
+        self.outcomes_queued.notify_one();
     }
 
-    /// Writes an attempt's outcome. Only the lease's owner may (`store::record` filters
-    /// by owner); a lease lost meanwhile means another claim owns the attempt now.
-    async fn record(&self, claimed: &Claimed, record: &Record, log: &AttemptLog) {
+    /// Writes outcomes in one statement. Only the lease's owner may (`store` filters by
+    /// owner); a lease lost meanwhile means another claim owns the attempt now. If the
+    /// statement fails, each outcome is tried alone, so that one bad row costs only
+    /// its own attempt a repeat.
+    async fn record_batch(&self, batch: &[Outcome]) {
+        let written = match self.connection().await {
+            Ok(c) => store::record_batch(&c.client, &c.statements, self.owner, now_micros(), batch).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(recorded) => {
+                for outcome in batch.iter().filter(|o| !recorded.contains(&(o.org_id, o.id))) {
+                    tracing::warn!(event = %outcome.id, "lease lost before the outcome was recorded");
+                }
+            }
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(outcomes = batch.len(), error = %crate::util::error_chain(&e), "recording delivery outcomes together failed; recording them one by one");
+                for outcome in batch {
+                    self.record(outcome).await;
+                }
+            }
+            Err(e) => {
+                // The lease expires and the attempt is made again: at-least-once.
+                tracing::warn!(event = %batch[0].id, error = %crate::util::error_chain(&e), "recording a delivery outcome failed")
+            }
+        }
+    }
+
+    /// Writes one attempt's outcome alone (`record_batch`'s fallback).
+    async fn record(&self, outcome: &Outcome) {
         let written = match self.connection().await {
             Ok(c) => {
-                let (org_id, id, owner) = (claimed.org_id, claimed.id, self.owner);
+                let (org_id, id, owner) = (outcome.org_id, outcome.id, self.owner);
+                let (record, log) = (&outcome.record, &outcome.log);
                 store::record(&c.client, &c.statements, owner, now_micros(), org_id, id, record, log).await
             }
             Err(e) => Err(e),
         };
         match written {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(event = %claimed.id, "lease lost before the outcome was recorded"),
+            Ok(false) => tracing::warn!(event = %outcome.id, "lease lost before the outcome was recorded"),
             // The lease expires and the attempt is made again: at-least-once.
             Err(e) => {
-                tracing::warn!(event = %claimed.id, error = %crate::util::error_chain(&e), "recording a delivery outcome failed")
+                tracing::warn!(event = %outcome.id, error = %crate::util::error_chain(&e), "recording a delivery outcome failed")
             }
         }
     }

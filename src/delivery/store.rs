@@ -73,6 +73,7 @@ pub enum Record {
 
 pub struct DeliveryStatements {
     claim_due: Statement,
+    claim_orgs: Statement,
     claim_ids: Statement,
     release: Statement,
     delivered: Statement,
@@ -80,6 +81,7 @@ pub struct DeliveryStatements {
     failed: Statement,
     gone: Statement,
     push_off: Statement,
+    record_batch: Statement,
     switch_off: Statement,
     due_stats: Statement,
 }
@@ -127,6 +129,58 @@ fn logged(set: &str) -> String {
     )
 }
 
+/// `Record` as the batch statement's `kind` column.
+fn kind(record: &Record) -> i16 {
+    match record {
+        Record::Delivered => 0,
+        Record::Retry { .. } => 1,
+        Record::Failed { .. } => 2,
+        Record::Gone => 3,
+        Record::PushOff => 4,
+    }
+}
+
+/// Many outcomes in one statement, each as its own `Record`'s statement would write it
+/// (see `DeliveryStatements::prepare`), by `kind`: 0 delivered, 1 retry, 2 failed, 3
+/// gone, 4 push off (no attempt row). $1 owner, $2 now; then one array per column:
+/// $3 org, $4 id, $5 kind, $6 retry delay (ms), $7 the event's `last_error`, $8 when
+/// the attempt started (µs), $9 its status code, $10 its logged error, $11 its
+/// duration (ms). Returns the events whose lease `owner` still held.
+fn record_batch_sql() -> String {
+    format!(
+        "WITH input AS (
+             SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::int2[], $6::int8[], $7::text[],
+                                  $8::int8[], $9::int2[], $10::text[], $11::int4[])
+                 AS i(org_id, id, kind, delay_ms, last_error, attempted_at, status_code, error, duration_ms)),
+         recorded AS (
+             UPDATE events e SET
+                 status = CASE WHEN i.kind = 0 THEN 'delivered'
+                               WHEN i.kind = 2 AND e.status <> 'delivered' THEN 'failed'
+                               ELSE e.status END,
+                 delivered_at = CASE WHEN i.kind = 0 THEN coalesce(e.delivered_at, {NOW}) ELSE e.delivered_at END,
+                 attempts = e.attempts + CASE WHEN i.kind = 4 THEN 0 ELSE 1 END,
+                 next_attempt_at = CASE WHEN i.kind = 1 AND e.status <> 'delivered'
+                                        THEN {NOW} + i.delay_ms * interval '1 millisecond' END,
+                 last_error = CASE WHEN i.kind = 0 THEN NULL WHEN i.kind = 4 THEN e.last_error
+                                   ELSE i.last_error END,
+                 lease_owner = NULL, lease_until = NULL
+             FROM input i
+             WHERE e.org_id = i.org_id AND e.id = i.id AND e.lease_owner = $1
+             RETURNING e.org_id, e.id, e.attempts, i.kind, i.attempted_at, i.status_code, i.error, i.duration_ms),
+         logged AS (
+             INSERT INTO delivery_attempts AS a
+                 (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
+             SELECT org_id, id, attempts % {ATTEMPTS_KEPT}, attempts,
+                    timestamptz 'epoch' + attempted_at * interval '1 microsecond', status_code, error, duration_ms
+             FROM recorded WHERE kind <> 4
+             ON CONFLICT (org_id, event_id, slot) DO UPDATE
+                 SET attempt = excluded.attempt, attempted_at = excluded.attempted_at,
+                     status_code = excluded.status_code, error = excluded.error,
+                     duration_ms = excluded.duration_ms)
+         SELECT org_id, id FROM recorded"
+    )
+}
+
 impl crate::storage::pg::PrepareStatements for DeliveryStatements {
     async fn prepare(client: &Client) -> Result<DeliveryStatements, tokio_postgres::Error> {
         let claimable = CLAIMABLE.replace("{NOW}", NOW);
@@ -142,6 +196,19 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                          ORDER BY e.next_attempt_at LIMIT $6 FOR UPDATE SKIP LOCKED) d
                      WHERE o.webhook_url IS NOT NULL AND o.org_id <> ALL($5::uuid[])
                      ORDER BY d.next_attempt_at LIMIT $4"
+                )))
+                .await?,
+            // The listed organisations (with a webhook), each its oldest due attempts,
+            // at most its own count.
+            claim_orgs: client
+                .prepare(&claim_sql(&format!(
+                    "SELECT d.org_id, d.id FROM unnest($5::uuid[], $6::int8[]) AS r(org_id, room)
+                     JOIN organizations o ON o.org_id = r.org_id
+                     CROSS JOIN LATERAL (
+                         SELECT e.org_id, e.id FROM events e
+                         WHERE e.org_id = r.org_id AND e.next_attempt_at <= {NOW} AND {claimable}
+                         ORDER BY e.next_attempt_at LIMIT r.room FOR UPDATE SKIP LOCKED) d
+                     WHERE o.webhook_url IS NOT NULL AND $4::int8 IS NOT NULL"
                 )))
                 .await?,
             claim_ids: client
@@ -183,6 +250,7 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                 ))
                 .await?,
             push_off: client.prepare(&only_owner("next_attempt_at = NULL")).await?,
+            record_batch: client.prepare(&record_batch_sql()).await?,
             switch_off: client.prepare(crate::storage::queries::SWITCH_OFF_SQL).await?,
             // Per organisation, then summed: the totals, the largest, and how many
             // organisations have at most 1, 10, … 100 000 due (a fixed set of series).
@@ -240,6 +308,24 @@ pub async fn claim_due(
     let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
         [&owner, &now_micros, &lease_ms, &limit, &excluded, &per_org];
     let rows = client.query(&statements.claim_due, &parameters).await?;
+    rows_to_claimed(rows)
+}
+
+/// Claims, of each organisation `(org, n)` in `orgs`, up to `n` due attempts, oldest first.
+pub async fn claim_orgs(
+    client: &Client,
+    statements: &DeliveryStatements,
+    owner: Uuid,
+    now_micros: i64,
+    lease_ms: i64,
+    orgs: &[(Uuid, usize)],
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = orgs.iter().map(|(org, _)| *org).collect();
+    let rooms: Vec<i64> = orgs.iter().map(|(_, n)| *n as i64).collect();
+    let total: i64 = rooms.iter().sum();
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&owner, &now_micros, &lease_ms, &total, &ids, &rooms];
+    let rows = client.query(&statements.claim_orgs, &parameters).await?;
     rows_to_claimed(rows)
 }
 
@@ -321,6 +407,73 @@ pub async fn record(
     // The key is the primary key and the owner filter is in the WHERE: one row or none.
     debug_assert!(updated <= 1, "an outcome updated {updated} rows");
     Ok(updated == 1)
+}
+
+/// One attempt's outcome for `record_batch`.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub org_id: Uuid,
+    pub id: Uuid,
+    pub record: Record,
+    pub log: AttemptLog,
+}
+
+/// Writes many outcomes in one statement (one commit), as `record` writes each, if
+/// `owner` still holds their leases. Returns the events written; the others' leases
+/// were lost. The rows are given in (org, id) order, so that concurrent statements
+/// locking events in key order wait for it instead of deadlocking with it.
+pub async fn record_batch(
+    client: &Client,
+    statements: &DeliveryStatements,
+    owner: Uuid,
+    now_micros: i64,
+    outcomes: &[Outcome],
+) -> Result<Vec<(Uuid, Uuid)>, tokio_postgres::Error> {
+    let mut order: Vec<&Outcome> = outcomes.iter().collect();
+    order.sort_unstable_by_key(|o| (o.org_id, o.id));
+    let org_ids: Vec<Uuid> = order.iter().map(|o| o.org_id).collect();
+    let ids: Vec<Uuid> = order.iter().map(|o| o.id).collect();
+    let kinds: Vec<i16> = order.iter().map(|o| kind(&o.record)).collect();
+    let delays_ms: Vec<i64> = order
+        .iter()
+        .map(|o| if let Record::Retry { delay_ms, .. } = o.record { delay_ms } else { 0 })
+        .collect();
+    let last_errors: Vec<Option<&str>> = order
+        .iter()
+        .map(|o| match &o.record {
+            Record::Retry { error, .. } | Record::Failed { error } => Some(error.as_str()),
+            Record::Gone => Some(GONE_ERROR),
+            Record::Delivered | Record::PushOff => None,
+        })
+        .collect();
+    let attempted_at: Vec<i64> = order.iter().map(|o| o.log.attempted_at_micros).collect();
+    let status_codes: Vec<Option<i16>> = order.iter().map(|o| o.log.status_code).collect();
+    let errors: Vec<Option<&str>> = order.iter().map(|o| o.log.error.as_deref()).collect();
+    let durations_ms: Vec<i32> = order.iter().map(|o| o.log.duration_ms).collect();
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &owner,
+        &now_micros,
+        &org_ids,
+        &ids,
+        &kinds,
+        &delays_ms,
+        &last_errors,
+        &attempted_at,
+        &status_codes,
+        &errors,
+        &durations_ms,
+    ];
+    let rows = client.query(&statements.record_batch, &parameters).await?;
+    let recorded = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<Vec<(Uuid, Uuid)>, tokio_postgres::Error>>()?;
+    for outcome in order.iter().filter(|o| o.record == Record::Gone) {
+        if recorded.contains(&(outcome.org_id, outcome.id)) {
+            client.execute(&statements.switch_off, &[&outcome.org_id]).await?;
+        }
+    }
+    Ok(recorded)
 }
 
 /// The due attempts at `now`: how many, the oldest's age, and by organisation.
