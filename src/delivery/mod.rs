@@ -110,8 +110,11 @@ pub struct Engine {
     owner: Uuid,
     config: DeliveryConfig,
     client: WebhookClient,
-    /// The engine's own connection (claims and outcomes), reopened when it closes.
+    /// The engine's own connection (claims, give-backs, stats), reopened when it closes.
     connection: LazyConnection<DeliveryStatements>,
+    /// The outcome writer's connection: a batch's commit does not queue in front of
+    /// the next claim (PostgreSQL runs one connection's statements one at a time).
+    writer_connection: LazyConnection<DeliveryStatements>,
     /// Counts, limits and claim times. Borrowed only between awaits.
     scheduler: RefCell<Scheduler>,
     /// Woken by a completion that asks for a claim (the scheduler moved its wake-up, or
@@ -251,7 +254,8 @@ impl Engine {
             outcomes_queued_max: OUTCOMES_QUEUED_MAX,
         };
         Rc::new(Engine {
-            connection: LazyConnection::new(db),
+            connection: LazyConnection::new(Rc::clone(&db)),
+            writer_connection: LazyConnection::new(db),
             owner: Uuid::now_v7(),
             client: WebhookClient::new(config.allow_private, config.timeout, config.per_org_max),
             scheduler: RefCell::new(Scheduler::new(limits, Instant::now())),
@@ -571,7 +575,7 @@ impl Engine {
     /// statement fails, each outcome is tried alone, so that one bad row costs only
     /// its own attempt a repeat.
     async fn record_batch(&self, batch: &[Outcome]) {
-        let written = match self.connection().await {
+        let written = match self.writer_connection.get().await {
             Ok(c) => store::record_batch(&c.client, &c.statements, self.owner, now_micros(), batch).await,
             Err(e) => Err(e),
         };
@@ -596,7 +600,7 @@ impl Engine {
 
     /// Writes one attempt's outcome alone (`record_batch`'s fallback).
     async fn record(&self, outcome: &Outcome) {
-        let written = match self.connection().await {
+        let written = match self.writer_connection.get().await {
             Ok(c) => {
                 let (org_id, id, owner) = (outcome.org_id, outcome.id, self.owner);
                 let (record, log) = (&outcome.record, &outcome.log);
