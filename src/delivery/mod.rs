@@ -16,7 +16,13 @@
 //!
 //! Outcomes are written in batches: an attempt that ends queues its outcome, and one
 //! writer task writes whatever is queued in one statement (one commit) while the next
-//! batch fills. An attempt stays in flight until its outcome is written.
+//! batch fills. An attempt's slot is freed when the receiver answers; its event stays
+//! leased until the outcome is written, so no claim takes it meanwhile.
+//!
+//! Prefetch: an organisation at its limit keeps up to `per_org_max` more claimed
+//! attempts ready (leased, not started); each starts in the slot the moment an attempt
+//! of its organisation is answered, in the same task, so a slot does not wait for a
+//! claim round trip. Shutdown gives their leases back.
 //!
 //! The decisions (limits, claim times, the backlog, which attempts start) live in
 //! [`scheduler`], a plain struct that takes `now`; the `Engine` here is its I/O: the
@@ -31,11 +37,13 @@ mod signing;
 pub mod store;
 
 use std::cell::{Cell, RefCell, RefMut};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use ahash::AHashMap;
 use hyper::body::Bytes;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
@@ -74,7 +82,11 @@ pub struct DeliveryConfig {
 #[derive(Debug, Default)]
 pub struct DeliveryControl {
     pub stop: std::sync::atomic::AtomicBool,
+    /// Attempts started and not yet answered (a gauge).
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// Leases this process still holds and will write or give back: attempts in flight,
+    /// answered and not yet recorded, ready, and being given back. Shutdown waits for 0.
+    pub leases_held: std::sync::atomic::AtomicUsize,
 }
 
 /// How often the due-queue gauges are refreshed.
@@ -87,6 +99,9 @@ pub const HANDOFF_QUEUE_MAX: usize = 256;
 /// µs here) however many rows it holds; at the tens of µs of PostgreSQL CPU a row of
 /// the ingest path costs (issue 16), 256 rows keep a batch to a few milliseconds.
 const RECORD_BATCH_MAX: usize = 256;
+/// Outcomes answered and not yet written at which claims and prefetch pause
+/// (`scheduler::Limits::outcomes_queued_max`): four batches, a few ms of writing.
+const OUTCOMES_QUEUED_MAX: usize = 4 * RECORD_BATCH_MAX;
 
 /// The I/O around the `Scheduler`: it reads the clock, runs the SQL, spawns the
 /// attempts, and asks the scheduler every question of how many, when and which.
@@ -95,16 +110,26 @@ pub struct Engine {
     owner: Uuid,
     config: DeliveryConfig,
     client: WebhookClient,
-    /// The engine's own connection (claims and outcomes), reopened when it closes.
+    /// The engine's own connection (claims, give-backs, stats), reopened when it closes.
     connection: LazyConnection<DeliveryStatements>,
+    /// The outcome writer's connection: a batch's commit does not queue in front of
+    /// the next claim (PostgreSQL runs one connection's statements one at a time).
+    writer_connection: LazyConnection<DeliveryStatements>,
     /// Counts, limits and claim times. Borrowed only between awaits.
     scheduler: RefCell<Scheduler>,
     /// Woken by a completion that asks for a claim (the scheduler moved its wake-up, or
     /// has an organisation claim to make).
     wake: Notify,
-    /// Outcomes of attempts that ended, not yet written; at most one per attempt in
-    /// flight. Taken by `write_outcomes`. Borrowed only between awaits.
+    /// Outcomes of attempts that ended, not yet written: at most `OUTCOMES_QUEUED_MAX`
+    /// plus the attempts in flight and ready (see `scheduler`). Taken by
+    /// `write_outcomes`. Borrowed only between awaits.
     outcomes: RefCell<Vec<Outcome>>,
+    /// Claimed attempts kept ready per organisation, oldest first; as many as the
+    /// scheduler counts (`Scheduler::ready_of`). Filled by `carry_out`, taken by
+    /// `next_ready` or given back by `release_ready`. Borrowed only between awaits.
+    ready: RefCell<AHashMap<Uuid, VecDeque<Claimed>>>,
+    /// Gives-back still running, counted in `DeliveryControl::leases_held`.
+    releasing: Cell<usize>,
     /// Woken when an outcome is queued.
     outcomes_queued: Notify,
     metrics: Arc<DeliveryMetrics>,
@@ -226,15 +251,19 @@ impl Engine {
             in_flight_max: config.in_flight_max,
             per_org_max: config.per_org_max,
             poll_interval: config.poll_interval,
+            outcomes_queued_max: OUTCOMES_QUEUED_MAX,
         };
         Rc::new(Engine {
-            connection: LazyConnection::new(db),
+            connection: LazyConnection::new(Rc::clone(&db)),
+            writer_connection: LazyConnection::new(db),
             owner: Uuid::now_v7(),
             client: WebhookClient::new(config.allow_private, config.timeout, config.per_org_max),
             scheduler: RefCell::new(Scheduler::new(limits, Instant::now())),
             config,
             wake: Notify::new(),
             outcomes: RefCell::default(),
+            ready: RefCell::default(),
+            releasing: Cell::new(0),
             outcomes_queued: Notify::new(),
             metrics,
             control,
@@ -265,10 +294,35 @@ impl Engine {
         scheduler
     }
 
-    /// Mirrors the in-flight count for the shutdown wait.
+    /// Mirrors the counts for the gauge and the shutdown wait.
     fn publish_in_flight(&self) {
-        let in_flight = self.scheduler.borrow().in_flight();
+        let (in_flight, held) = {
+            let scheduler = self.scheduler.borrow();
+            (scheduler.in_flight(), scheduler.leases_held())
+        };
         self.control.in_flight.store(in_flight, Ordering::Release);
+        self.control.leases_held.store(held + self.releasing.get(), Ordering::Release);
+    }
+
+    /// Once shutdown began, gives back the leases of every ready attempt.
+    fn release_ready(self: &Rc<Self>) {
+        let released = self.scheduler().release_ready();
+        if released.is_empty() {
+            return;
+        }
+        let mut ready = self.ready.borrow_mut();
+        let mut given_back = Vec::new();
+        for (org, count) in released {
+            let queue = ready.remove(&org).unwrap_or_default();
+            assert_eq!(queue.len(), count, "the ready queue and the scheduler disagree");
+            given_back.extend(queue);
+        }
+        assert!(ready.is_empty(), "ready attempts the scheduler does not count");
+        drop(ready);
+        for claimed in given_back {
+            self.give_back(claimed);
+        }
+        self.publish_in_flight();
     }
 
     /// Runs until the hand-off channel closes (the process ends).
@@ -276,6 +330,7 @@ impl Engine {
         tokio::task::spawn_local(Rc::clone(&self).write_outcomes());
         let mut next_stats = Instant::now();
         loop {
+            self.release_ready();
             let deadline = tokio::time::Instant::from_std(self.scheduler().next_wake());
             let wake = tokio::select! {
                 batch = handed.recv() => batch.map_or(Wake::Closed, Wake::Handed),
@@ -379,27 +434,60 @@ impl Engine {
         }
     }
 
-    /// Starts or gives back each claimed attempt, as the scheduler admitted it.
+    /// Starts, keeps ready or gives back each claimed attempt, as the scheduler
+    /// admitted it.
     fn carry_out(self: &Rc<Self>, claimed: Vec<Claimed>, admissions: Vec<Admission>) {
         assert_eq!(claimed.len(), admissions.len());
-        self.publish_in_flight();
         for (claimed, admission) in claimed.into_iter().zip(admissions) {
             match admission {
                 Admission::Start => self.start(claimed),
+                Admission::Ready => {
+                    self.ready.borrow_mut().entry(claimed.org_id).or_default().push_back(claimed)
+                }
                 Admission::GiveBack => self.give_back(claimed),
             }
         }
+        self.publish_in_flight();
     }
 
-    /// One attempt as its own task; it ends by queuing its outcome, and
-    /// `write_outcomes` reports its completion to the scheduler once that is written.
+    /// One slot as its own task: the attempt, then each ready attempt of its
+    /// organisation that the scheduler gives the slot to when the previous is answered.
+    /// Each queues its outcome for `write_outcomes`.
     fn start(self: &Rc<Self>, claimed: Claimed) {
         let engine = Rc::clone(self);
-        tokio::task::spawn_local(async move { engine.deliver(claimed).await });
+        tokio::task::spawn_local(async move {
+            let mut next = Some(claimed);
+            while let Some(claimed) = next {
+                let org = claimed.org_id;
+                engine.deliver(claimed).await;
+                next = engine.answered(org);
+            }
+        });
+    }
+
+    /// Tells the scheduler an attempt of `org` was answered; returns the ready attempt
+    /// to start in its slot, if the scheduler gives it one.
+    fn answered(self: &Rc<Self>, org: Uuid) -> Option<Claimed> {
+        let answered = self.scheduler().on_answered(org);
+        let next = answered.start_ready.then(|| {
+            let mut ready = self.ready.borrow_mut();
+            let queue = ready.get_mut(&org).expect("a ready attempt the engine does not hold");
+            let claimed = queue.pop_front().expect("a ready attempt the engine does not hold");
+            if queue.is_empty() {
+                ready.remove(&org);
+            }
+            claimed
+        });
+        self.release_ready();
+        self.publish_in_flight();
+        if answered.wake {
+            self.wake.notify_one();
+        }
+        next
     }
 
     /// Writes queued outcomes, as many as are queued (at most `RECORD_BATCH_MAX`) per
-    /// statement, and reports each attempt done. Runs as long as the engine.
+    /// statement, and reports them recorded. Runs as long as the engine.
     async fn write_outcomes(self: Rc<Self>) {
         loop {
             let batch: Vec<Outcome> = {
@@ -412,13 +500,7 @@ impl Engine {
                 continue;
             }
             self.record_batch(&batch).await;
-            let mut wake = false;
-            {
-                let mut scheduler = self.scheduler();
-                for outcome in &batch {
-                    wake |= scheduler.on_done(outcome.org_id);
-                }
-            }
+            let wake = self.scheduler().on_recorded(batch.len());
             self.publish_in_flight();
             if wake {
                 self.wake.notify_one();
@@ -429,6 +511,7 @@ impl Engine {
     /// Releases the lease of an attempt not started; it stays due for a later claim.
     fn give_back(self: &Rc<Self>, claimed: Claimed) {
         let engine = Rc::clone(self);
+        self.releasing.set(self.releasing.get() + 1);
         tokio::task::spawn_local(async move {
             let released = match engine.connection().await {
                 Ok(c) => {
@@ -440,6 +523,8 @@ impl Engine {
                 // The lease expires instead: the attempt is only later.
                 tracing::debug!(event = %claimed.id, error = %crate::util::error_chain(&e), "giving back a claimed delivery failed");
             }
+            engine.releasing.set(engine.releasing.get() - 1);
+            engine.publish_in_flight();
         });
     }
 
@@ -490,7 +575,7 @@ impl Engine {
     /// statement fails, each outcome is tried alone, so that one bad row costs only
     /// its own attempt a repeat.
     async fn record_batch(&self, batch: &[Outcome]) {
-        let written = match self.connection().await {
+        let written = match self.writer_connection.get().await {
             Ok(c) => store::record_batch(&c.client, &c.statements, self.owner, now_micros(), batch).await,
             Err(e) => Err(e),
         };
@@ -515,7 +600,7 @@ impl Engine {
 
     /// Writes one attempt's outcome alone (`record_batch`'s fallback).
     async fn record(&self, outcome: &Outcome) {
-        let written = match self.connection().await {
+        let written = match self.writer_connection.get().await {
             Ok(c) => {
                 let (org_id, id, owner) = (outcome.org_id, outcome.id, self.owner);
                 let (record, log) = (&outcome.record, &outcome.log);

@@ -22,7 +22,25 @@
 //!   claim runs are served by the next. While the global room is what cuts claims
 //!   short, these claims wait: the spaced claim of every organisation shares the room,
 //!   oldest due first, so an organisation with a backlog cannot keep the room it frees.
-//! - A claimed attempt whose organisation is at its limit is given back unattempted.
+//! - An attempt's slot is freed when the receiver answers (or the attempt fails), not
+//!   when its outcome is written: the outcome waits in the writer's queue and the event
+//!   stays leased until it is recorded, so no claim takes it meanwhile. Outcomes
+//!   answered and not yet recorded are bounded: at `outcomes_queued_max` no claim is
+//!   made and nothing more is prefetched until the writer catches up (attempts already
+//!   claimed still start). So the queue holds at most `outcomes_queued_max` plus the
+//!   attempts in flight plus the ready ones (`2 * in_flight_max`).
+//! - Prefetch: a claimed attempt whose organisation is at its own limit is kept ready
+//!   (leased, not started), up to `per_org_max` per organisation and `in_flight_max` in
+//!   all, and starts the moment one of its organisation's slots frees, so a slot never
+//!   waits for a claim round trip. A ready attempt only exists while its organisation's
+//!   slots are all taken, and ready attempts start in order as those slots free, so one
+//!   waits at most one attempt's duration (`DeliveryConfig::timeout`, far below the
+//!   lease) unless shutdown begins: then the ready attempts are given back. While the
+//!   global room cuts claims short nothing is prefetched, so the room is shared.
+//! - A claimed attempt that can neither start nor be kept ready is given back
+//!   unattempted.
+//! - Claims are made one at a time (the engine awaits each), so an organisation never
+//!   has two claims in flight.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +63,18 @@ pub struct Limits {
     pub per_org_max: usize,
     /// Longest time between two claims of due attempts; not zero.
     pub poll_interval: Duration,
+    /// Outcomes answered and not yet recorded at which claims and prefetch pause; at
+    /// least 1.
+    pub outcomes_queued_max: usize,
+}
+
+/// What follows an attempt's answer (`Scheduler::on_answered`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    /// Start the oldest ready attempt of the organisation, in the slot just freed.
+    pub start_ready: bool,
+    /// Wake the engine for a claim.
+    pub wake: bool,
 }
 
 /// A claim of due attempts to run now (`store::claim_due`).
@@ -69,8 +99,11 @@ pub struct OrgClaimRequest {
 /// What to do with one claimed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Counted in flight: attempt it, then report `on_done`.
+    /// Counted in flight: attempt it, then report `on_answered`.
     Start,
+    /// Its organisation is at its limit: keep it (leased) at the back of the
+    /// organisation's ready queue; `on_answered` says when to start it.
+    Ready,
     /// Over a limit: release its lease unattempted (`store::release`).
     GiveBack,
 }
@@ -82,7 +115,7 @@ pub struct Scheduler {
     limits: Limits,
     /// `CLAIM_SPACING_MIN`, or the poll interval if that is shorter.
     claim_spacing: Duration,
-    /// Attempts started and not yet done; at most `limits.in_flight_max`.
+    /// Attempts started and not yet answered; at most `limits.in_flight_max`.
     in_flight: usize,
     /// Attempts in flight per organisation; an entry leaves at zero, so the map holds
     /// only organisations with attempts in flight. Its values add up to `in_flight`.
@@ -102,6 +135,16 @@ pub struct Scheduler {
     last_claim: Option<Instant>,
     /// When the next claim of due attempts is wanted (before the spacing applies).
     next_claim: Instant,
+    /// Claimed attempts kept ready per organisation, at most `per_org_max` each; an
+    /// entry leaves at zero. Its values add up to `ready_total`.
+    ready: AHashMap<Uuid, usize>,
+    /// Ready attempts in all; at most `limits.in_flight_max`.
+    ready_total: usize,
+    /// Attempts answered whose outcome is not yet recorded (they keep their lease).
+    unrecorded: usize,
+    /// A claim of every organisation was skipped for the outcome bound: the writer
+    /// catching up asks for it.
+    claim_after_recorded: bool,
     /// Set by `stop`, never cleared: no more claims.
     stopping: bool,
 }
@@ -110,6 +153,7 @@ impl Scheduler {
     /// A scheduler with nothing in flight, whose first claim is due at `now`.
     pub fn new(limits: Limits, now: Instant) -> Scheduler {
         assert!(limits.in_flight_max > 0, "in_flight_max must be at least 1");
+        assert!(limits.outcomes_queued_max > 0, "outcomes_queued_max must be at least 1");
         assert!(limits.per_org_max > 0, "per_org_max must be at least 1");
         assert!(!limits.poll_interval.is_zero(), "poll_interval must not be zero");
         Scheduler {
@@ -122,6 +166,10 @@ impl Scheduler {
             org_ready: AHashSet::default(),
             last_claim: None,
             next_claim: now,
+            ready: AHashMap::default(),
+            ready_total: 0,
+            unrecorded: 0,
+            claim_after_recorded: false,
             stopping: false,
         }
     }
@@ -134,6 +182,22 @@ impl Scheduler {
     /// Attempts of `org` in flight.
     pub fn in_flight_of(&self, org: Uuid) -> usize {
         self.per_org.get(&org).copied().unwrap_or(0)
+    }
+
+    /// Claimed attempts of `org` kept ready.
+    pub fn ready_of(&self, org: Uuid) -> usize {
+        self.ready.get(&org).copied().unwrap_or(0)
+    }
+
+    /// Attempts whose lease this process holds: in flight, answered and not recorded,
+    /// and ready. Shutdown waits for zero.
+    pub fn leases_held(&self) -> usize {
+        self.in_flight + self.unrecorded + self.ready_total
+    }
+
+    /// Whether answered outcomes waiting for the writer pause claims and prefetch.
+    fn outcomes_blocked(&self) -> bool {
+        self.unrecorded >= self.limits.outcomes_queued_max
     }
 
     /// Organisations with attempts in flight.
@@ -164,9 +228,20 @@ impl Scheduler {
         self.stopping
     }
 
-    /// Attempts that may be claimed now (none once stopping).
+    /// Once stopping: every ready attempt, as `(organisation, count)`, to give back;
+    /// they are no longer counted. Empty before.
+    pub fn release_ready(&mut self) -> Vec<(Uuid, usize)> {
+        if !self.stopping {
+            return Vec::new();
+        }
+        self.ready_total = 0;
+        self.ready.drain().collect()
+    }
+
+    /// Attempts that may be claimed now to start (none once stopping, or while the
+    /// outcome queue is at its bound).
     pub fn room(&self) -> usize {
-        if self.stopping {
+        if self.stopping || self.outcomes_blocked() {
             return 0;
         }
         self.limits.in_flight_max.saturating_sub(self.in_flight).min(CLAIM_BATCH_MAX)
@@ -196,6 +271,11 @@ impl Scheduler {
             }
             room
         });
+        if self.outcomes_blocked() && !events.is_empty() {
+            // Not the room's backlog: the writer catching up asks for the claim.
+            self.claim_after_recorded = true;
+            return Vec::new();
+        }
         let room = self.room();
         if events.len() > room {
             events.truncate(room);
@@ -212,6 +292,10 @@ impl Scheduler {
         }
         self.last_claim = Some(now);
         self.next_claim = now + self.limits.poll_interval;
+        if self.outcomes_blocked() && !self.stopping {
+            self.claim_after_recorded = true;
+            return None;
+        }
         let limit = self.room();
         if limit == 0 {
             self.room_backlog = true;
@@ -253,23 +337,33 @@ impl Scheduler {
     /// there are none, when stopping, or while the global room is what cuts claims
     /// short (then the claim of every organisation shares the room, oldest due first).
     pub fn org_claim(&mut self) -> Option<OrgClaimRequest> {
-        if self.room_backlog || self.org_ready.is_empty() {
+        if self.room_backlog || self.org_ready.is_empty() || self.outcomes_blocked() || self.stopping {
             return None;
         }
         let mut room = self.room();
+        let mut ready_room = self.limits.in_flight_max - self.ready_total;
         let mut ready: Vec<Uuid> = self.org_ready.drain().collect();
         // Oldest organisation id first: a deterministic order, and none is always last.
         ready.sort_unstable();
         let mut orgs = Vec::with_capacity(ready.len());
         for org in ready {
-            let free = self.limits.per_org_max - self.in_flight_of(org);
-            let asked = free.min(room);
+            // Its free slots (within the room), then its ready queue up to the cap (within
+            // the ready room): admitted in that order, so none is given back.
+            let start = (self.limits.per_org_max - self.in_flight_of(org)).min(room);
+            let mut prefetch = (self.limits.per_org_max - self.ready_of(org)).min(ready_room);
+            if self.in_flight_of(org) + start < self.limits.per_org_max {
+                // The room, not its cap, limits it: what it claimed beyond would go back.
+                prefetch = 0;
+            }
+            let left = CLAIM_BATCH_MAX - orgs.iter().map(|(_, n)| n).sum::<usize>();
+            let asked = (start + prefetch).min(left);
             if asked == 0 {
                 // Its slots are full again (handed-over events took them) or the room
                 // ran out: it stays in the backlog and asks again at its next completion.
                 continue;
             }
-            room -= asked;
+            room -= start.min(asked);
+            ready_room -= asked - start.min(asked);
             orgs.push((org, asked));
         }
         debug_assert!(orgs.iter().map(|(_, n)| n).sum::<usize>() <= CLAIM_BATCH_MAX);
@@ -292,24 +386,39 @@ impl Scheduler {
     }
 
     /// Admits each claimed attempt (by its organisation, in order): `Start` counts it in
-    /// flight; `GiveBack` when its organisation (or the engine) is at its limit.
+    /// flight; `Ready` keeps it for its organisation's next free slot; `GiveBack` when
+    /// neither may be.
     pub fn on_claimed(&mut self, claimed_orgs: &[Uuid]) -> Vec<Admission> {
         claimed_orgs.iter().map(|org| self.admit(*org)).collect()
     }
 
-    /// An attempt of `org` that was started is done (recorded or not). Returns whether
-    /// to wake the engine for a claim: when a claim was cut short by the global room,
+    /// An attempt of `org` that was started has its answer (or failed): its slot is
+    /// free, its outcome waits for the writer (report `on_recorded`). The slot goes at
+    /// once to the organisation's oldest ready attempt, if any (not once stopping: then
+    /// `release_ready`). Asks for a claim when a claim was cut short by the global room,
     /// or `org` has a backlog (then `org_claim` includes it).
-    pub fn on_done(&mut self, org: Uuid) -> bool {
+    pub fn on_answered(&mut self, org: Uuid) -> Answered {
         assert!(self.in_flight > 0, "a completion with no attempt in flight");
+        let start_ready = !self.stopping && self.ready_of(org) > 0;
         let Some(count) = self.per_org.get_mut(&org) else {
             panic!("a completion for organisation {org} with no attempt of it in flight");
         };
-        *count -= 1;
-        if *count == 0 {
-            self.per_org.remove(&org);
+        self.unrecorded += 1;
+        if start_ready {
+            // The freed slot is taken again: the counts in flight stay.
+            let ready = self.ready.get_mut(&org).expect("counted ready");
+            *ready -= 1;
+            if *ready == 0 {
+                self.ready.remove(&org);
+            }
+            self.ready_total -= 1;
+        } else {
+            *count -= 1;
+            if *count == 0 {
+                self.per_org.remove(&org);
+            }
+            self.in_flight -= 1;
         }
-        self.in_flight -= 1;
         self.debug_check_counts();
         if self.room_backlog {
             self.want_claim();
@@ -317,12 +426,37 @@ impl Scheduler {
         if self.org_backlog.contains(&org) {
             self.org_ready.insert(org);
         }
+        Answered { start_ready, wake: self.room_backlog || !self.org_ready.is_empty() }
+    }
+
+    /// `recorded` outcomes were written (or given up on; either way their leases are
+    /// no longer this process's concern). Returns whether to wake the engine: the
+    /// outcome bound paused a claim that may be made now.
+    pub fn on_recorded(&mut self, recorded: usize) -> bool {
+        assert!(recorded <= self.unrecorded, "more outcomes recorded than answered");
+        let was_blocked = self.outcomes_blocked();
+        self.unrecorded -= recorded;
+        if !was_blocked || self.outcomes_blocked() {
+            return false;
+        }
+        if std::mem::take(&mut self.claim_after_recorded) {
+            self.want_claim();
+            return true;
+        }
         self.room_backlog || !self.org_ready.is_empty()
     }
 
     fn admit(&mut self, org: Uuid) -> Admission {
         let count = self.in_flight_of(org);
         if count >= self.limits.per_org_max {
+            let ready = self.ready_of(org);
+            let may_prefetch = !self.stopping && !self.room_backlog && !self.outcomes_blocked();
+            if may_prefetch && ready < self.limits.per_org_max && self.ready_total < self.limits.in_flight_max
+            {
+                self.ready.insert(org, ready + 1);
+                self.ready_total += 1;
+                return Admission::Ready;
+            }
             self.org_backlog.insert(org);
             return Admission::GiveBack;
         }
@@ -354,6 +488,9 @@ impl Scheduler {
     fn debug_check_counts(&self) {
         debug_assert_eq!(self.per_org.values().sum::<usize>(), self.in_flight);
         debug_assert!(self.per_org.values().all(|&n| n > 0 && n <= self.limits.per_org_max));
+        debug_assert_eq!(self.ready.values().sum::<usize>(), self.ready_total);
+        debug_assert!(self.ready.values().all(|&n| n > 0 && n <= self.limits.per_org_max));
+        debug_assert!(self.ready_total <= self.limits.in_flight_max);
     }
 }
 
@@ -362,10 +499,26 @@ mod tests {
     use super::*;
 
     const POLL: Duration = Duration::from_secs(1);
+    const OUTCOMES_QUEUED_MAX: usize = 1_000;
 
     fn scheduler(in_flight_max: usize, per_org_max: usize) -> (Scheduler, Instant) {
         let start = Instant::now();
-        (Scheduler::new(Limits { in_flight_max, per_org_max, poll_interval: POLL }, start), start)
+        let limits = Limits {
+            in_flight_max,
+            per_org_max,
+            poll_interval: POLL,
+            outcomes_queued_max: OUTCOMES_QUEUED_MAX,
+        };
+        (Scheduler::new(limits, start), start)
+    }
+
+    /// An attempt answered and its outcome recorded at once; whether either asked for
+    /// a claim. Asserts no ready attempt took the slot.
+    fn done(s: &mut Scheduler, org: Uuid) -> bool {
+        let answered = s.on_answered(org);
+        assert!(!answered.start_ready, "a ready attempt took the slot");
+        let woke = s.on_recorded(1);
+        answered.wake || woke
     }
 
     fn ms(n: u64) -> Duration {
@@ -380,7 +533,7 @@ mod tests {
         (org(org_n), Uuid::from_u128(1_000_000 + id))
     }
 
-    use Admission::{GiveBack, Start};
+    use Admission::{GiveBack, Ready, Start};
 
     #[test]
     fn the_first_claim_is_due_at_once_and_asks_for_the_room() {
@@ -424,10 +577,12 @@ mod tests {
     fn the_per_organisation_cap_gives_back_the_excess_and_excludes_the_organisation() {
         let (mut s, t0) = scheduler(100, 2);
         let five: Vec<_> = (0..5).map(|i| event(1, i)).collect();
-        // Admitted by the counts before the claim; the excess goes back after it.
+        // Admitted by the counts before the claim; after it, the cap's worth is kept
+        // ready and the excess goes back.
         assert_eq!(s.admit_handed(five).len(), 5);
-        assert_eq!(s.on_claimed(&[org(1); 5]), vec![Start, Start, GiveBack, GiveBack, GiveBack]);
+        assert_eq!(s.on_claimed(&[org(1); 5]), vec![Start, Start, Ready, Ready, GiveBack]);
         assert_eq!(s.in_flight_of(org(1)), 2);
+        assert_eq!(s.ready_of(org(1)), 2);
         assert_eq!(s.in_flight(), 2);
         assert!(s.has_org_backlog(org(1)));
         assert!(!s.room_backlog());
@@ -453,9 +608,10 @@ mod tests {
         assert!(s.has_org_backlog(org(1)));
         assert_eq!(s.admit_handed(vec![event(1, 3)]), vec![]);
         assert!(!s.room_backlog());
-        // The saturated organisation's completion asks for a claim of it, for its slot.
-        assert!(s.on_done(org(1)));
-        assert_eq!(s.org_claim(), Some(OrgClaimRequest { orgs: vec![(org(1), 1)] }));
+        // The saturated organisation's completion asks for a claim of it: for its slot,
+        // and for its ready queue.
+        assert!(done(&mut s, org(1)));
+        assert_eq!(s.org_claim(), Some(OrgClaimRequest { orgs: vec![(org(1), 2)] }));
     }
 
     #[test]
@@ -464,7 +620,7 @@ mod tests {
         let request = s.poll_claim(t0).expect("claim");
         assert_eq!(s.on_polled(&request, &[org(1), org(2)]), vec![Start; 2]);
         assert!(!s.room_backlog());
-        assert!(!s.on_done(org(1)));
+        assert!(!done(&mut s, org(1)));
         assert_eq!(s.next_wake(), t0 + POLL);
 
         let at = t0 + POLL;
@@ -474,14 +630,14 @@ mod tests {
         assert!(s.room_backlog());
         // A full claim asks for the next one as soon as the spacing allows.
         assert_eq!(s.next_wake(), at + CLAIM_SPACING_MIN);
-        assert!(s.on_done(org(3)));
+        assert!(done(&mut s, org(3)));
         assert_eq!(s.next_wake(), at + CLAIM_SPACING_MIN);
 
         // A claim that is not cut short clears the backlog.
         let request = s.poll_claim(at + CLAIM_SPACING_MIN).expect("claim");
         assert_eq!(s.on_polled(&request, &[]), vec![]);
         assert!(!s.room_backlog());
-        assert!(!s.on_done(org(4)));
+        assert!(!done(&mut s, org(4)));
     }
 
     #[test]
@@ -494,15 +650,18 @@ mod tests {
 
     #[test]
     fn an_attempt_given_back_by_a_claim_leaves_a_backlog() {
-        let (mut s, t0) = scheduler(10, 3);
-        assert_eq!(s.on_claimed(&[org(1), org(1)]), vec![Start, Start]);
-        // The claim is not full, but it took two of an organisation with one slot left.
+        let (mut s, t0) = scheduler(10, 1);
+        assert_eq!(s.on_claimed(&[org(1)]), vec![Start]);
+        // The claim is not full, but it took two of an organisation with its slot taken:
+        // one fills its ready queue, the other goes back.
         let request = s.poll_claim(t0).expect("claim");
-        assert_eq!(s.on_polled(&request, &[org(1), org(1)]), vec![Start, GiveBack]);
+        assert_eq!(s.on_polled(&request, &[org(1), org(1)]), vec![Ready, GiveBack]);
         assert!(s.has_org_backlog(org(1)));
         assert!(!s.room_backlog());
-        // That organisation's completion asks at once for a claim of it, not of all.
-        assert!(s.on_done(org(1)));
+        // That organisation's answer starts its ready attempt in the slot and asks at
+        // once for a claim of it, not of all: to refill its ready queue.
+        assert_eq!(s.on_answered(org(1)), Answered { start_ready: true, wake: true });
+        assert_eq!(s.in_flight_of(org(1)), 1);
         assert_eq!(s.org_claim(), Some(OrgClaimRequest { orgs: vec![(org(1), 1)] }));
         assert_eq!(s.next_wake(), t0 + POLL);
     }
@@ -521,28 +680,36 @@ mod tests {
         assert!(s.has_org_backlog(org(1)));
         assert!(!s.has_org_backlog(org(2)));
         // Org 2 got all it had: its completion asks for nothing.
-        assert!(!s.on_done(org(2)));
+        assert!(!done(&mut s, org(2)));
         assert_eq!(s.org_claim(), None);
-        // Org 1's completions each ask; the claim made after them takes all freed slots.
-        assert!(s.on_done(org(1)));
-        assert!(s.on_done(org(1)));
-        assert!(s.on_done(org(1)));
+        // Org 1's completions each ask; the claim made after them takes all freed slots
+        // and a ready queue as long as the cap.
+        assert!(done(&mut s, org(1)));
+        assert!(done(&mut s, org(1)));
+        assert!(done(&mut s, org(1)));
         let request = s.org_claim().expect("a claim of org 1");
-        assert_eq!(request, OrgClaimRequest { orgs: vec![(org(1), 3)] });
+        assert_eq!(request, OrgClaimRequest { orgs: vec![(org(1), 3 + 8)] });
         // Nothing more until another completion: one claim per burst of completions.
         assert_eq!(s.org_claim(), None);
         // The claim of every organisation stays on the timer.
         assert_eq!(s.next_wake(), t0 + POLL);
-        assert_eq!(s.on_org_claimed(&request, &[org(1); 3]), vec![Start; 3]);
+        let mut admitted = vec![Start; 3];
+        admitted.extend([Ready; 8]);
+        assert_eq!(s.on_org_claimed(&request, &[org(1); 11]), admitted);
         assert_eq!(s.in_flight_of(org(1)), 8);
-        // It got what it asked for: still a backlog. A claim that gets less ends it.
+        assert_eq!(s.ready_of(org(1)), 8);
+        // It got what it asked for: still a backlog. Its answers start ready attempts and
+        // each asks for a claim to refill the queue; a claim that gets less ends it.
         assert!(s.has_org_backlog(org(1)));
-        assert!(s.on_done(org(1)));
+        assert_eq!(s.on_answered(org(1)), Answered { start_ready: true, wake: true });
         let request = s.org_claim().expect("a claim of org 1");
+        assert_eq!(request, OrgClaimRequest { orgs: vec![(org(1), 1)] });
         assert_eq!(s.on_org_claimed(&request, &[]), vec![]);
         assert!(!s.has_org_backlog(org(1)));
-        assert!(!s.on_done(org(1)));
+        assert_eq!(s.on_answered(org(1)), Answered { start_ready: true, wake: false });
         assert_eq!(s.org_claim(), None);
+        assert_eq!(s.in_flight_of(org(1)), 8);
+        assert_eq!(s.ready_of(org(1)), 6);
     }
 
     #[test]
@@ -552,8 +719,8 @@ mod tests {
         assert_eq!(s.on_polled(&request, &[org(1); 8]), vec![Start; 8]);
         assert_eq!(s.on_claimed(&[org(2), org(2)]), vec![Start; 2]);
         assert_eq!(s.room(), 0);
-        s.on_done(org(1));
-        s.on_done(org(1));
+        done(&mut s, org(1));
+        done(&mut s, org(1));
         // Org 1 has two free slots, but the room has one left once org 3 takes one.
         assert_eq!(s.admit_handed(vec![event(3, 1)]), vec![event(3, 1)]);
         assert_eq!(s.on_claimed(&[org(3)]), vec![Start]);
@@ -563,10 +730,11 @@ mod tests {
         let request = s.poll_claim(t0).expect("claim");
         let claimed: Vec<Uuid> = [org(2); 4].into_iter().chain([org(1); 4]).collect();
         s.on_polled(&request, &claimed);
-        s.on_done(org(2));
-        s.on_done(org(1));
-        s.on_done(org(2));
-        assert_eq!(s.org_claim(), Some(OrgClaimRequest { orgs: vec![(org(1), 1), (org(2), 2)] }));
+        done(&mut s, org(2));
+        done(&mut s, org(1));
+        done(&mut s, org(2));
+        // Each its free slots and a ready queue as long as its cap.
+        assert_eq!(s.org_claim(), Some(OrgClaimRequest { orgs: vec![(org(1), 1 + 4), (org(2), 2 + 4)] }));
     }
 
     /// While the global room is what cuts claims short, an organisation that frees a
@@ -579,7 +747,7 @@ mod tests {
         assert_eq!(s.on_polled(&request, &[org(1), org(1), org(2), org(2)]), vec![Start; 4]);
         assert!(s.room_backlog());
         assert!(s.has_org_backlog(org(1)));
-        assert!(s.on_done(org(1)));
+        assert!(done(&mut s, org(1)));
         assert_eq!(s.org_claim(), None);
         assert_eq!(s.next_wake(), t0 + CLAIM_SPACING_MIN);
         let request = s.poll_claim(t0 + CLAIM_SPACING_MIN).expect("claim of every organisation");
@@ -598,7 +766,7 @@ mod tests {
         let request = s.poll_claim(t0).expect("claim");
         s.on_polled(&request, &[org(1), org(1)]);
         s.stop();
-        s.on_done(org(1));
+        done(&mut s, org(1));
         assert_eq!(s.org_claim(), None);
     }
 
@@ -608,7 +776,7 @@ mod tests {
         let request = s.poll_claim(t0).expect("claim");
         assert_eq!(s.on_polled(&request, &[org(1)]), vec![Start]);
         // Cut short: completions ask for a claim, but not before the spacing.
-        assert!(s.on_done(org(1)));
+        assert!(done(&mut s, org(1)));
         assert_eq!(s.next_wake(), t0 + CLAIM_SPACING_MIN);
         assert_eq!(s.poll_claim(t0 + ms(1)), None);
         assert_eq!(s.poll_claim(t0 + CLAIM_SPACING_MIN - ms(1)), None);
@@ -623,12 +791,13 @@ mod tests {
     fn the_spacing_is_the_poll_interval_when_that_is_shorter() {
         let t0 = Instant::now();
         let poll_interval = ms(30);
-        let mut s = Scheduler::new(Limits { in_flight_max: 1, per_org_max: 1, poll_interval }, t0);
+        let limits = Limits { in_flight_max: 1, per_org_max: 1, poll_interval, outcomes_queued_max: 1 };
+        let mut s = Scheduler::new(limits, t0);
         let request = s.poll_claim(t0).expect("claim");
         s.on_polled(&request, &[org(1)]);
         assert_eq!(s.next_wake(), t0 + poll_interval);
         assert!(s.poll_claim(t0 + poll_interval).is_none(), "no room: not claimed");
-        assert!(s.on_done(org(1)));
+        assert!(done(&mut s, org(1)));
         assert_eq!(s.next_wake(), t0 + poll_interval * 2);
         assert!(s.poll_claim(t0 + poll_interval * 2).is_some());
     }
@@ -645,8 +814,8 @@ mod tests {
         assert_eq!(s.poll_claim(t0 + POLL), None);
         // The claim counted: no retry before the next interval.
         assert_eq!(s.next_wake(), t0 + POLL + POLL);
-        s.on_done(org(1));
-        s.on_done(org(2));
+        done(&mut s, org(1));
+        done(&mut s, org(2));
         assert_eq!(s.in_flight(), 0);
         assert_eq!(s.orgs_in_flight(), 0);
     }
@@ -655,7 +824,7 @@ mod tests {
     #[should_panic(expected = "no attempt in flight")]
     fn a_completion_without_a_start_is_a_broken_invariant() {
         let (mut s, _) = scheduler(10, 10);
-        s.on_done(org(1));
+        done(&mut s, org(1));
     }
 
     #[test]
@@ -663,7 +832,104 @@ mod tests {
     fn a_completion_for_another_organisation_is_a_broken_invariant() {
         let (mut s, _) = scheduler(10, 10);
         s.on_claimed(&[org(1)]);
-        s.on_done(org(2));
+        done(&mut s, org(2));
+    }
+
+    /// The slot is the receiver's answer, not the outcome's commit: it frees at the
+    /// answer while the lease is held until the outcome is recorded.
+    #[test]
+    fn an_answer_frees_the_slot_and_the_lease_is_held_until_recorded() {
+        let (mut s, _) = scheduler(10, 2);
+        assert_eq!(s.on_claimed(&[org(1), org(1)]), vec![Start, Start]);
+        assert_eq!(s.on_answered(org(1)), Answered { start_ready: false, wake: false });
+        assert_eq!(s.in_flight_of(org(1)), 1);
+        assert_eq!(s.room(), 9);
+        assert_eq!(s.leases_held(), 2);
+        // The freed slot is taken before the outcome is written.
+        assert_eq!(s.on_claimed(&[org(1)]), vec![Start]);
+        assert!(!s.on_recorded(1));
+        assert_eq!(s.leases_held(), 2);
+    }
+
+    /// Outcomes waiting for the writer are bounded: at the bound no claim is made and
+    /// nothing is prefetched; the writer catching up asks for the claim skipped.
+    #[test]
+    fn outcomes_waiting_for_the_writer_pause_claims_at_their_bound() {
+        let t0 = Instant::now();
+        let limits =
+            Limits { in_flight_max: 10, per_org_max: 2, poll_interval: POLL, outcomes_queued_max: 2 };
+        let mut s = Scheduler::new(limits, t0);
+        let request = s.poll_claim(t0).expect("claim");
+        let claimed = [org(1), org(1), org(2), org(2)];
+        assert_eq!(s.on_polled(&request, &claimed), vec![Start; 4]);
+        assert!(s.has_org_backlog(org(1)));
+        assert!(s.on_answered(org(1)).wake);
+        assert!(s.on_answered(org(2)).wake);
+        assert_eq!(s.room(), 0);
+        assert_eq!(s.org_claim(), None);
+        assert_eq!(s.admit_handed(vec![event(3, 1)]), vec![]);
+        // A claim already running when the bound was reached: nothing kept ready.
+        assert_eq!(s.on_claimed(&[org(2), org(2)]), vec![Start, GiveBack]);
+        let at = t0 + POLL;
+        assert_eq!(s.poll_claim(at), None);
+        // Below the bound again: the skipped claim is due after the spacing, and the
+        // organisation claim waiting is made.
+        assert!(s.on_recorded(1));
+        assert_eq!(s.next_wake(), at + CLAIM_SPACING_MIN);
+        let request = OrgClaimRequest { orgs: vec![(org(1), 1 + 2), (org(2), 2)] };
+        assert_eq!(s.org_claim(), Some(request));
+        assert!(!s.on_recorded(1));
+    }
+
+    /// A ready attempt waits only for its organisation's next answer; ready attempts
+    /// start in the order the slots free, none of them waits more than one attempt.
+    #[test]
+    fn ready_attempts_start_in_the_slots_their_organisation_frees() {
+        let (mut s, t0) = scheduler(100, 2);
+        let request = s.poll_claim(t0).expect("claim");
+        assert_eq!(s.on_polled(&request, &[org(1), org(1)]), vec![Start, Start]);
+        assert_eq!(s.on_claimed(&[org(1), org(1), org(1)]), vec![Ready, Ready, GiveBack]);
+        assert_eq!(s.on_claimed(&[org(2)]), vec![Start]);
+        // Another organisation's answer does not start them.
+        assert!(!s.on_answered(org(2)).start_ready);
+        assert!(s.on_answered(org(1)).start_ready);
+        assert!(s.on_answered(org(1)).start_ready);
+        assert_eq!((s.in_flight_of(org(1)), s.ready_of(org(1))), (2, 0));
+        assert!(!s.on_answered(org(1)).start_ready);
+        assert_eq!(s.in_flight_of(org(1)), 1);
+    }
+
+    /// While the global room cuts claims short, nothing is kept ready: the room goes to
+    /// the claim of every organisation, not to an organisation's queue.
+    #[test]
+    fn nothing_is_prefetched_while_the_global_room_cuts_claims_short() {
+        let (mut s, t0) = scheduler(2, 1);
+        let request = s.poll_claim(t0).expect("claim");
+        assert_eq!(s.on_polled(&request, &[org(1), org(2)]), vec![Start, Start]);
+        assert!(s.room_backlog());
+        assert_eq!(s.on_claimed(&[org(1)]), vec![GiveBack]);
+        assert_eq!(s.ready_of(org(1)), 0);
+    }
+
+    /// Shutdown: ready attempts are not started but given back, and the leases held
+    /// count down to zero as attempts are answered and recorded.
+    #[test]
+    fn stopping_gives_back_the_ready_attempts() {
+        let (mut s, _) = scheduler(10, 1);
+        assert_eq!(s.on_claimed(&[org(1), org(1), org(2), org(2)]), vec![Start, Ready, Start, Ready]);
+        assert_eq!(s.release_ready(), vec![], "nothing released before stopping");
+        assert_eq!(s.leases_held(), 4);
+        s.stop();
+        assert_eq!(s.on_answered(org(1)), Answered { start_ready: false, wake: false });
+        let mut released = s.release_ready();
+        released.sort_unstable();
+        assert_eq!(released, vec![(org(1), 1), (org(2), 1)]);
+        assert_eq!(s.leases_held(), 2);
+        assert_eq!(s.on_claimed(&[org(3), org(3)]), vec![Start, GiveBack]);
+        s.on_answered(org(2));
+        s.on_answered(org(3));
+        s.on_recorded(3);
+        assert_eq!(s.leases_held(), 0);
     }
 
     /// xorshift: a deterministic sequence, so a failure replays.
@@ -686,10 +952,16 @@ mod tests {
     fn random_schedules_keep_the_invariants_and_drain_to_zero() {
         for seed in 1..=50u64 {
             let (in_flight_max, per_org_max) = (1 + seed as usize % 7, 1 + seed as usize % 3);
-            let (mut s, t0) = scheduler(in_flight_max, per_org_max);
+            let outcomes_queued_max = 1 + seed as usize % 5;
+            let t0 = Instant::now();
+            let limits = Limits { in_flight_max, per_org_max, poll_interval: POLL, outcomes_queued_max };
+            let mut s = Scheduler::new(limits, t0);
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
             let mut now = t0;
             let mut started: Vec<Uuid> = Vec::new();
+            // Kept ready per organisation (the model of the engine's queues).
+            let mut ready: AHashMap<Uuid, usize> = AHashMap::default();
+            let mut unrecorded = 0usize;
             let mut claims: Vec<Instant> = Vec::new();
             let mut id = 0u128;
             let (mut completions, mut org_claims) = (0usize, 0usize);
@@ -707,8 +979,10 @@ mod tests {
                         assert!(admitted.iter().all(|e| events.contains(e)));
                         let orgs: Vec<Uuid> = admitted.iter().map(|(org, _)| *org).collect();
                         for (admission, org) in s.on_claimed(&orgs).into_iter().zip(orgs) {
-                            if admission == Start {
-                                started.push(org);
+                            match admission {
+                                Start => started.push(org),
+                                Ready => *ready.entry(org).or_default() += 1,
+                                GiveBack => {}
                             }
                         }
                     }
@@ -721,22 +995,37 @@ mod tests {
                                 .filter(|org| !request.excluded_orgs.contains(org))
                                 .collect();
                             for (admission, org) in s.on_polled(&request, &orgs).into_iter().zip(orgs) {
-                                if admission == Start {
-                                    started.push(org);
+                                match admission {
+                                    Start => started.push(org),
+                                    Ready => *ready.entry(org).or_default() += 1,
+                                    GiveBack => {}
                                 }
                             }
                         }
                     }
                     2 if !started.is_empty() => {
                         let org = started.swap_remove(rng.below(started.len() as u64) as usize);
-                        s.on_done(org);
+                        let answered = s.on_answered(org);
+                        unrecorded += 1;
+                        if answered.start_ready {
+                            let queue =
+                                ready.get_mut(&org).expect("a ready attempt started that was not kept");
+                            *queue -= 1;
+                            started.push(org);
+                        }
                         completions += 1;
+                    }
+                    4 if unrecorded > 0 => {
+                        let n = 1 + rng.below(unrecorded as u64) as usize;
+                        s.on_recorded(n);
+                        unrecorded -= n;
                     }
                     5 => {
                         if let Some(request) = s.org_claim() {
                             org_claims += 1;
                             let asked: usize = request.orgs.iter().map(|(_, n)| n).sum();
-                            assert!(asked <= s.room());
+                            let ready_total: usize = ready.values().sum();
+                            assert!(asked <= s.room() + (in_flight_max - ready_total));
                             // Each organisation returns up to what it asked for.
                             let orgs: Vec<Uuid> = request
                                 .orgs
@@ -746,11 +1035,13 @@ mod tests {
                                 })
                                 .collect();
                             let admissions = s.on_org_claimed(&request, &orgs);
-                            assert!(
-                                admissions.iter().all(|a| *a == Start),
-                                "an organisation claim over a cap"
-                            );
-                            started.extend(orgs);
+                            for (admission, org) in admissions.into_iter().zip(orgs) {
+                                match admission {
+                                    Start => started.push(org),
+                                    Ready => *ready.entry(org).or_default() += 1,
+                                    GiveBack => panic!("an organisation claim over a cap"),
+                                }
+                            }
                         }
                     }
                     3 => now = s.next_wake().max(now),
@@ -758,8 +1049,18 @@ mod tests {
                 }
                 assert!(s.in_flight() <= in_flight_max);
                 assert_eq!(s.in_flight(), started.len());
+                let ready_total: usize = ready.values().sum();
+                assert!(ready_total <= in_flight_max);
+                assert!(unrecorded <= outcomes_queued_max + 2 * in_flight_max);
+                assert_eq!(s.leases_held(), started.len() + ready_total + unrecorded);
                 for n in 0..4 {
                     assert!(s.in_flight_of(org(n)) <= per_org_max);
+                    let kept = ready.get(&org(n)).copied().unwrap_or(0);
+                    assert_eq!(s.ready_of(org(n)), kept);
+                    assert!(kept <= per_org_max);
+                    // A ready attempt waits only while its organisation's slots are full:
+                    // the next answer of that organisation starts it.
+                    assert!(kept == 0 || s.in_flight_of(org(n)) == per_org_max);
                 }
             }
             for pair in claims.windows(2) {
@@ -769,11 +1070,19 @@ mod tests {
                 org_claims <= completions,
                 "{org_claims} organisation claims for {completions} completions"
             );
+            // Draining: answers start the ready attempts, then the writer records all.
             while let Some(org) = started.pop() {
-                s.on_done(org);
+                if s.on_answered(org).start_ready {
+                    *ready.get_mut(&org).expect("kept") -= 1;
+                    started.push(org);
+                }
+                unrecorded += 1;
             }
+            s.on_recorded(unrecorded);
+            assert!(ready.values().all(|&n| n == 0));
             assert_eq!(s.in_flight(), 0);
             assert_eq!(s.orgs_in_flight(), 0);
+            assert_eq!(s.leases_held(), 0);
         }
     }
 }

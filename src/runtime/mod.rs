@@ -475,7 +475,7 @@ fn shut_down(
     wait("connections", &|| cores.connections.load(Ordering::Acquire));
     return_rate_tokens(commands, deadline);
     deliveries.stop.store(true, Ordering::Release);
-    wait("deliveries", &|| deliveries.in_flight.load(Ordering::Acquire));
+    wait("deliveries", &|| deliveries.leases_held.load(Ordering::Acquire));
     if cores.connections.load(Ordering::Acquire) == 0 {
         // Every core has closed its listener and connections: its executor ends.
         for handle in cores.handles {
