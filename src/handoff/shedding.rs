@@ -8,8 +8,9 @@
 //! shortest wait of an interval: a burst that drains has short waits at its tail, a
 //! standing queue has none. While the shortest wait of the last interval is above the
 //! target (or nothing committed in a whole interval while events waited), a core admits
-//! events only while fewer than `floor` of its own wait: enough to keep the writers'
-//! batches full, few enough that an admitted event's wait stays near the target. The
+//! events only while fewer than `floor` of its own wait (one full writer batch,
+//! `--batch-events-max`): enough to keep the writers busy, few enough that an admitted
+//! event's wait stays near the target. The
 //! others get 503 with `Retry-After` at once, instead of a 202 seconds late. A core
 //! with nothing waiting has no queue at all: it takes any request the ring can hold (a
 //! client sending 1 000-event batches one after another waits for its own commits,
@@ -19,10 +20,6 @@ use std::time::Duration;
 
 /// Length of an observation interval.
 pub const INTERVAL: Duration = Duration::from_millis(100);
-
-/// Events a core always admits, standing queue or not (if its ring has room): a full
-/// closed-loop benchmark connection set, or one batch request of that size.
-pub const FLOOR_MAX: usize = 64;
 
 #[derive(Debug)]
 pub struct Shedding {
@@ -37,11 +34,12 @@ pub struct Shedding {
 
 impl Shedding {
     /// `target`: the longest wait for a commit that is not a standing queue; `None`
-    /// turns shedding off. `floor` is clamped to `FLOOR_MAX`.
+    /// turns shedding off. `floor`: events a core always admits, standing queue or not
+    /// (if its ring has room).
     pub fn new(target: Option<Duration>, floor: usize) -> Shedding {
         Shedding {
             target_us: target.map(|t| t.as_micros() as u64),
-            floor: floor.min(FLOOR_MAX),
+            floor,
             interval_end_us: 0,
             shortest_us: u64::MAX,
             standing: false,

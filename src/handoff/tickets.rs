@@ -56,11 +56,16 @@ pub struct Tickets {
 impl Tickets {
     /// `slots` bounds the events this core can have in flight; it equals the ring
     /// capacity so the completion ring can never overflow. `queue_target`: the wait for
-    /// a commit above which a queue counts as standing (`None`: never shed).
-    pub fn new(handoff: Arc<Handoff>, core: usize, queue_target: Option<Duration>) -> Tickets {
+    /// a commit above which a queue counts as standing (`None`: never shed);
+    /// `queue_floor`: events always admitted even then (at most half the ring, at least 1).
+    pub fn new(
+        handoff: Arc<Handoff>,
+        core: usize,
+        queue_target: Option<Duration>,
+        queue_floor: usize,
+    ) -> Tickets {
         let slots = handoff.links[core].events.capacity();
-        // Half the ring, at most `FLOOR_MAX`, at least one event.
-        let floor = (slots / 2).max(1);
+        let floor = queue_floor.min(slots / 2).max(1);
         Tickets {
             slab: Rc::new(RefCell::new(Slab {
                 slots: (0..slots).map(|_| Slot::Free).collect(),
@@ -256,7 +261,7 @@ mod tests {
     #[test]
     fn slots_bound_in_flight_events_and_are_reused() {
         let handoff = Handoff::new(1, 2);
-        let tickets = Tickets::new(Arc::clone(&handoff), 0, None);
+        let tickets = Tickets::new(Arc::clone(&handoff), 0, None, 1);
         let mut first = tickets.submit(record()).unwrap();
         let _second = tickets.submit(record()).unwrap();
         assert_eq!(tickets.submit(record()).err(), Some(SubmitError::Full));
@@ -272,7 +277,7 @@ mod tests {
     #[test]
     fn abandoned_tickets_free_their_slot_on_completion() {
         let handoff = Handoff::new(1, 1);
-        let tickets = Tickets::new(Arc::clone(&handoff), 0, None);
+        let tickets = Tickets::new(Arc::clone(&handoff), 0, None, 1);
         drop(tickets.submit(record()).unwrap());
         assert_eq!(tickets.in_flight(), 1, "slot stays taken while the storage core holds the event");
         let popped = handoff.links[0].events.pop().unwrap();

@@ -111,9 +111,9 @@ pub struct ServeConfig {
 
     /// Load shedding: when no event of the last 100 ms waited less than this for its
     /// commit (a standing queue), an HTTP core takes new events only while fewer than
-    /// 64 of its own wait, and answers the rest 503 with Retry-After at once. 0: off
-    /// (only --ring-capacity bounds the queue).
-    #[arg(long, help_heading = "Limits", env = "TRIGGERD_QUEUE_TARGET_MS", default_value_t = 20)]
+    /// --batch-events-max of its own wait (one full writer batch), and answers the rest
+    /// 503 with Retry-After at once. 0: off (only --ring-capacity bounds the queue).
+    #[arg(long, help_heading = "Limits", env = "TRIGGERD_QUEUE_TARGET_MS", default_value_t = 50)]
     pub queue_target_ms: u64,
 
     /// Most events written in one batch (one statement, one commit).

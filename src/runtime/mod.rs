@@ -321,6 +321,7 @@ fn shard_settings(config: &ServeConfig, instance_id: u64) -> ShardSettings {
         signups_per_address_max: config.signups_per_address_max,
         instance_id,
         queue_target: (config.queue_target_ms > 0).then(|| Duration::from_millis(config.queue_target_ms)),
+        queue_floor: config.batch_events_max,
     }
 }
 

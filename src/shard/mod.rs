@@ -46,6 +46,8 @@ pub struct ShardSettings {
     /// The wait for a commit above which a core's queue is standing (`None`: no
     /// shedding; `handoff::shedding`).
     pub queue_target: Option<std::time::Duration>,
+    /// Events a core admits even while its queue stands: one full writer batch.
+    pub queue_floor: usize,
 }
 
 /// Longest request id the server makes (`Shard::next_request_id`).
@@ -142,7 +144,12 @@ impl Shard {
             core,
             keys: RefCell::new(KeyTable::new(settings.key_cache_max, settings.negative_cache_max)),
             resolving: RefCell::new(AHashMap::new()),
-            tickets: Tickets::new(Arc::clone(&parts.handoff), core, settings.queue_target),
+            tickets: Tickets::new(
+                Arc::clone(&parts.handoff),
+                core,
+                settings.queue_target,
+                settings.queue_floor,
+            ),
             commands: parts.commands,
             status: parts.status,
             hash_pool: parts.hash_pool,
