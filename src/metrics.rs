@@ -104,7 +104,7 @@ impl Registry {
             ),
             (
                 "triggerd_ingest_shedding_cores",
-                "HTTP cores shedding load: their events' wait for a commit is a standing queue (503 beyond one writer batch waiting).",
+                "HTTP cores shedding load: their events' wait for a commit is a standing queue (503 beyond two writer rounds waiting).",
                 handoff.links.iter().filter(|link| link.shedding.load(Ordering::Relaxed)).count() as f64,
             ),
             (

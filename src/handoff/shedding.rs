@@ -8,9 +8,10 @@
 //! shortest wait of an interval: a burst that drains has short waits at its tail, a
 //! standing queue has none. While the shortest wait of the last interval is above the
 //! target (or nothing committed in a whole interval while events waited), a core admits
-//! events only while fewer than `floor` of its own wait (one full writer batch,
-//! `--batch-events-max`): enough to keep the writers busy, few enough that an admitted
-//! event's wait stays near the target. The
+//! events only while fewer than `floor` of its own wait (two full rounds of every
+//! writer, 2 048 by default, at most half the ring): enough to keep the writers busy
+//! and batch clients served, few enough that an admitted event's wait stays bounded
+//! (two commit rounds). The
 //! others get 503 with `Retry-After` at once, instead of a 202 seconds late. A core
 //! with nothing waiting has no queue at all: it takes any request the ring can hold (a
 //! client sending 1 000-event batches one after another waits for its own commits,

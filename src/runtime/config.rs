@@ -111,8 +111,9 @@ pub struct ServeConfig {
 
     /// Load shedding: when no event of the last 100 ms waited less than this for its
     /// commit (a standing queue), an HTTP core takes new events only while fewer than
-    /// --batch-events-max of its own wait (one full writer batch), and answers the rest
-    /// 503 with Retry-After at once. 0: off (only --ring-capacity bounds the queue).
+    /// 2 x --writers x --batch-events-max of its own wait (two full rounds of every
+    /// writer; at most half of --ring-capacity), and answers the rest 503 with
+    /// Retry-After at once. 0: off (only --ring-capacity bounds the queue).
     #[arg(long, help_heading = "Limits", env = "TRIGGERD_QUEUE_TARGET_MS", default_value_t = 50)]
     pub queue_target_ms: u64,
 

@@ -321,7 +321,9 @@ fn shard_settings(config: &ServeConfig, instance_id: u64) -> ShardSettings {
         signups_per_address_max: config.signups_per_address_max,
         instance_id,
         queue_target: (config.queue_target_ms > 0).then(|| Duration::from_millis(config.queue_target_ms)),
-        queue_floor: config.batch_events_max,
+        // Two full rounds of every writer: 16 clients sending 100-event batches back to
+        // back (1 600 waiting) are a busy write path, not a standing queue to shed.
+        queue_floor: 2 * config.writers * config.batch_events_max,
     }
 }
 
