@@ -188,27 +188,46 @@ fn hold() -> Result<(), String> {
     let pid = arg("--pid").ok_or("--pid is required")?;
     let before = rss_kib(&pid)?;
     let (with_events, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // 2 000 reads opened at once fill the server's bounded command queue: the ones it
+    // answers 503 retry after its Retry-After (1 s) on a new connection, as a client
+    // should, and are counted apart.
+    let retries = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + Duration::from_secs(seconds) + Duration::from_secs(60);
     for n in 0..long_polls + sse {
         let (host, key) = (host.clone(), keys[n % keys.len()].clone());
-        let (with_events, errors) = (Arc::clone(&with_events), Arc::clone(&errors));
+        let (with_events, errors, retries) =
+            (Arc::clone(&with_events), Arc::clone(&errors), Arc::clone(&retries));
         let worker = move || -> Result<(), String> {
             let mut conn = Conn::open(&host)?;
             let headers = format!("X-API-Key: {key}\r\n");
+            let retry = |conn: &mut Conn| -> Result<(), String> {
+                retries.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_secs(1));
+                *conn = Conn::open(&host)?;
+                Ok(())
+            };
             if n < long_polls {
                 while Instant::now() < end {
                     let (status, body) = conn.call("GET", "/api/events/stream?wait=30", &headers, "")?;
+                    if status == 503 {
+                        retry(&mut conn)?;
+                        continue;
+                    }
                     if status != 200 || page(&body)?.1 > 0 {
                         with_events.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             } else {
-                conn.send(
-                    "GET",
-                    "/api/events/stream",
-                    &format!("{headers}Accept: text/event-stream\r\n"),
-                    "",
-                )?;
+                let sse_headers = format!("{headers}Accept: text/event-stream\r\n");
+                loop {
+                    conn.send("GET", "/api/events/stream", &sse_headers, "")?;
+                    let mut status = String::new();
+                    conn.reader.read_line(&mut status).map_err(|e| e.to_string())?;
+                    if !status.contains(" 503 ") {
+                        break;
+                    }
+                    retry(&mut conn)?;
+                }
                 let mut buffer = [0u8; 4096];
                 loop {
                     let n = conn.reader.read(&mut buffer).map_err(|e| e.to_string())?;
@@ -247,10 +266,11 @@ fn hold() -> Result<(), String> {
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_secs(seconds));
     println!(
-        "answered_with_events={} errors={} still_held={}",
+        "answered_with_events={} errors={} still_held={} retried_after_503={}",
         with_events.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
-        held_gauge(&host)?
+        held_gauge(&host)?,
+        retries.load(Ordering::Relaxed)
     );
     Ok(())
 }
