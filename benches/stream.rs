@@ -192,6 +192,7 @@ fn hold() -> Result<(), String> {
     // answers 503 retry after its Retry-After (1 s) on a new connection, as a client
     // should, and are counted apart.
     let retries = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let end = Instant::now() + Duration::from_secs(seconds) + Duration::from_secs(60);
     for n in 0..long_polls + sse {
         let (host, key) = (host.clone(), keys[n % keys.len()].clone());
@@ -241,11 +242,13 @@ fn hold() -> Result<(), String> {
             }
             Ok(())
         };
+        let first_error = Arc::clone(&first_error);
         std::thread::Builder::new()
             .stack_size(64 * 1024)
             .spawn(move || {
-                if worker().is_err() {
+                if let Err(e) = worker() {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    first_error.lock().map(|mut first| first.get_or_insert(e).clone()).ok();
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -254,7 +257,8 @@ fn hold() -> Result<(), String> {
     let total = (long_polls + sse) as u64;
     while held_gauge(&host)? < total {
         if Instant::now() > deadline || errors.load(Ordering::Relaxed) > 0 {
-            return Err(format!("only {} of {total} reads held", held_gauge(&host)?));
+            let first = first_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
+            return Err(format!("only {} of {total} reads held; first error: {first}", held_gauge(&host)?));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
