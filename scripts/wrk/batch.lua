@@ -8,16 +8,10 @@
 local shared = dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "common.lua")
 local size = tonumber(os.getenv("WRK_BATCH") or "100")
 
-local event = function(n)
-  return string.format('{"type":"order.created",%s"payload":{"order_id":%d,"thread":%d,' ..
-    '"amount":"19.90","currency":"EUR","items":[{"sku":"A-1","qty":2}]}}',
-    shared.dedup(n), shared.unique and n or 0, shared.unique and shared.thread_id() or 0)
-end
-
 request = function()
   local events = {}
   for i = 1, size do
-    events[i] = event(shared.next())
+    events[i] = shared.event(shared.next())
   end
   return wrk.format("POST", nil, shared.headers(shared.next_key()), '{"events":[' .. table.concat(events, ",") .. "]}")
 end

@@ -9,11 +9,12 @@ local threads = {}
 
 -- Main state, once per thread: a thread number and one nonce for the whole run, so
 -- dedup ids differ between threads and between runs.
-local nonce = nil
+-- (`id` and `nonce` become globals of each thread's own Lua state.)
+local run_nonce = nil
 function M.setup(thread)
-  nonce = nonce or string.format("%x%04x", os.time(), math.floor(os.clock() * 1e6) % 65536)
+  run_nonce = run_nonce or string.format("%x%04x", os.time(), math.floor(os.clock() * 1e6) % 65536)
   thread:set("id", #threads + 1)
-  thread:set("nonce", nonce)
+  thread:set("nonce", run_nonce)
   table.insert(threads, thread)
 end
 
@@ -55,7 +56,15 @@ function M.dedup(n)
   if not with_dedup then
     return ""
   end
-  return string.format('"dedup_id":"wrk-%s-%d-%d",', nonce or "0", id or 1, n)
+  return string.format('"dedup_id":"wrk-%s-%d-%d",', _G.nonce or "0", id or 1, n)
+end
+
+-- One event's JSON: its number in the payload (0 with WRK_UNIQUE=0), and a dedup_id
+-- unique to the run with WRK_DEDUP=1.
+function M.event(n)
+  return string.format('{"type":"order.created",%s"payload":{"order_id":%d,"thread":%d,' ..
+    '"amount":"19.90","currency":"EUR","items":[{"sku":"A-1","qty":2}]}}',
+    M.dedup(n), M.unique and n or 0, M.unique and M.thread_id() or 0)
 end
 
 function M.headers(key)

@@ -13,14 +13,8 @@
 -- At the end it prints latency percentiles and the count of non-2xx answers (wrk's own "Non-2xx" line).
 local shared = dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "common.lua")
 
-local event_body = function(n)
-  return string.format('{"type":"order.created",%s"payload":{"order_id":%d,"thread":%d,' ..
-    '"amount":"19.90","currency":"EUR","items":[{"sku":"A-1","qty":2}]}}',
-    shared.dedup(n), shared.unique and n or 0, shared.unique and shared.thread_id() or 0)
-end
-
 request = function()
-  return wrk.format("POST", nil, shared.headers(shared.next_key()), event_body(shared.next()))
+  return wrk.format("POST", nil, shared.headers(shared.next_key()), shared.event(shared.next()))
 end
 
 setup = shared.setup
