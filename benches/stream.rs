@@ -35,6 +35,19 @@ fn number(name: &str, default: u64) -> u64 {
     arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// What `Conn::head` reads of a response.
+struct Head {
+    status: u16,
+    retry_after_secs: Option<u64>,
+    length: usize,
+}
+
+/// A refusal a client is told to retry (`503` when a queue is full, `429` when a
+/// fairness throttle counts the address's key checks in flight).
+fn retry_later(head: &Head) -> Option<Duration> {
+    matches!(head.status, 429 | 503).then(|| Duration::from_secs(head.retry_after_secs.unwrap_or(1).max(1)))
+}
+
 /// One keep-alive connection speaking just enough HTTP/1.1 for these requests.
 struct Conn {
     writer: TcpStream,
@@ -57,28 +70,41 @@ impl Conn {
         self.writer.write_all(request.as_bytes()).map_err(|e| e.to_string())
     }
 
-    /// Status and body of a Content-Length response.
-    fn receive(&mut self) -> Result<(u16, String), String> {
+    /// Status line and headers: the status, `Retry-After` in seconds (if any) and
+    /// `Content-Length`.
+    fn head(&mut self) -> Result<Head, String> {
         let mut line = String::new();
         self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
         let status =
             line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(format!("status line {line:?}"))?;
-        let mut length = 0usize;
+        let mut head = Head { status, retry_after_secs: None, length: 0 };
         loop {
             line.clear();
             self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
             if line == "\r\n" || line.is_empty() {
-                break;
+                return Ok(head);
             }
             if let Some((name, value)) = line.split_once(':') {
                 if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().map_err(|_| "content-length")?;
+                    head.length = value.trim().parse().map_err(|_| "content-length")?;
+                } else if name.eq_ignore_ascii_case("retry-after") {
+                    head.retry_after_secs = value.trim().parse().ok();
                 }
             }
         }
-        let mut body = vec![0; length];
+    }
+
+    /// Status and body of a Content-Length response.
+    fn receive(&mut self) -> Result<(u16, String), String> {
+        let (head, body) = self.receive_with_head()?;
+        Ok((head.status, body))
+    }
+
+    fn receive_with_head(&mut self) -> Result<(Head, String), String> {
+        let head = self.head()?;
+        let mut body = vec![0; head.length];
         self.reader.read_exact(&mut body).map_err(|e| e.to_string())?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok((head, String::from_utf8_lossy(&body).into_owned()))
     }
 
     fn call(&mut self, method: &str, path: &str, headers: &str, body: &str) -> Result<(u16, String), String> {
@@ -188,9 +214,10 @@ fn hold() -> Result<(), String> {
     let pid = arg("--pid").ok_or("--pid is required")?;
     let before = rss_kib(&pid)?;
     let (with_events, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    // 2 000 reads opened at once fill the server's bounded command queue: the ones it
-    // answers 503 retry after its Retry-After (1 s) on a new connection, as a client
-    // should, and are counted apart.
+    // 2 000 reads opened at once fill the server's bounded queues, and keys not yet
+    // verified on a core meet the per-address bound on key checks in flight: reads
+    // answered 503 or 429 retry after their Retry-After on a new connection, as a
+    // client should, and are counted apart. Any other answer is an error.
     let retries = Arc::new(AtomicU64::new(0));
     let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let end = Instant::now() + Duration::from_secs(seconds) + Duration::from_secs(60);
@@ -201,20 +228,24 @@ fn hold() -> Result<(), String> {
         let worker = move || -> Result<(), String> {
             let mut conn = Conn::open(&host)?;
             let headers = format!("X-API-Key: {key}\r\n");
-            let retry = |conn: &mut Conn| -> Result<(), String> {
+            let retry = |conn: &mut Conn, after: Duration| -> Result<(), String> {
                 retries.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(after);
                 *conn = Conn::open(&host)?;
                 Ok(())
             };
             if n < long_polls {
                 while Instant::now() < end {
-                    let (status, body) = conn.call("GET", "/api/events/stream?wait=30", &headers, "")?;
-                    if status == 503 {
-                        retry(&mut conn)?;
+                    conn.send("GET", "/api/events/stream?wait=30", &headers, "")?;
+                    let (head, body) = conn.receive_with_head()?;
+                    if let Some(after) = retry_later(&head) {
+                        retry(&mut conn, after)?;
                         continue;
                     }
-                    if status != 200 || page(&body)?.1 > 0 {
+                    if head.status != 200 {
+                        return Err(format!("long-poll answered {}: {body:.200}", head.status));
+                    }
+                    if page(&body)?.1 > 0 {
                         with_events.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -222,12 +253,15 @@ fn hold() -> Result<(), String> {
                 let sse_headers = format!("{headers}Accept: text/event-stream\r\n");
                 loop {
                     conn.send("GET", "/api/events/stream", &sse_headers, "")?;
-                    let mut status = String::new();
-                    conn.reader.read_line(&mut status).map_err(|e| e.to_string())?;
-                    if !status.contains(" 503 ") {
-                        break;
+                    let head = conn.head()?;
+                    if let Some(after) = retry_later(&head) {
+                        retry(&mut conn, after)?;
+                        continue;
                     }
-                    retry(&mut conn)?;
+                    if head.status != 200 {
+                        return Err(format!("event stream answered {}", head.status));
+                    }
+                    break;
                 }
                 let mut buffer = [0u8; 4096];
                 loop {
@@ -270,7 +304,7 @@ fn hold() -> Result<(), String> {
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_secs(seconds));
     println!(
-        "answered_with_events={} errors={} still_held={} retried_after_503={}",
+        "answered_with_events={} errors={} still_held={} retried={}",
         with_events.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
         held_gauge(&host)?,
