@@ -154,6 +154,7 @@ fn metrics_report_the_process_the_build_and_the_queues() {
     for line in [
         "triggerd_command_queue_depth{lane=\"keys\"} 0",
         "triggerd_command_queue_depth{lane=\"reads\"} 0",
+        "triggerd_command_queue_depth{lane=\"stream\"} 0",
         "triggerd_deliveries_in_flight 0",
         "triggerd_partitions_kept 0",
         "triggerd_access_log_dropped_total 0",

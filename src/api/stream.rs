@@ -146,6 +146,8 @@ pub async fn read(
 /// Reads a page; while it is empty and `deadline` has not passed, waits for a commit
 /// of the organisation (registered before each read, so none is missed) or, when
 /// committed events wait behind the horizon, for the horizon to move, and reads again.
+/// At the deadline the empty page is the answer without another read: a commit since
+/// the last one would have woken the wait.
 async fn held_read(shard: &Shard, query: StreamQuery, deadline: Instant) -> Result<StreamPage, ApiError> {
     loop {
         let watch = shard.watch(query.org_id);
@@ -155,11 +157,20 @@ async fn held_read(shard: &Shard, query: StreamQuery, deadline: Instant) -> Resu
         if !page.events.is_empty() || Instant::now() >= deadline {
             return Ok(page);
         }
-        let until = crate::http::sleep(deadline.saturating_duration_since(Instant::now()));
-        if page.held_by_horizon {
-            futures_lite::future::or(committed, futures_lite::future::or(horizon_moved(shard), until)).await;
-        } else {
-            futures_lite::future::or(committed, until).await;
+        let woken = async {
+            if page.held_by_horizon {
+                futures_lite::future::or(committed, horizon_moved(shard)).await
+            } else {
+                committed.await
+            }
+            true
+        };
+        let timed_out = async {
+            crate::http::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            false
+        };
+        if !futures_lite::future::or(woken, timed_out).await {
+            return Ok(page);
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Commands: what the HTTP cores ask of the storage core besides writing events (key
 //! lookups, sign-ups, rotations, rate-limit leases, organisation reads, inbox pages,
 //! acknowledgements, webhook configuration), each answered on a oneshot channel (a
-//! rate-limit lease is answered on the organisation's `RateWindow` instead). Two lanes, each a
+//! rate-limit lease is answered on the organisation's `RateWindow` instead). Three lanes, each a
 //! bounded queue with its own database connection on the storage side, so key lookups
-//! never wait behind reads (`Lane`). The storage core executes them; this module only
+//! never wait behind reads, and held stream reads neither wait behind nor crowd out
+//! inbox reads (`Lane`). The storage core executes them; this module only
 //! says what they are, so the HTTP side never names the storage core.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,21 +59,25 @@ pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 /// The queue and connection a command uses. Key lookups, sign-ups, rotations and
 /// rate-limit leases have their own (short statements on the request path), so they
 /// never wait behind inbox reads and acknowledgements (which a tenant can make slow);
-/// each query below names the lane of its command.
+/// stream pages have theirs (thousands of held reads wake at once on a commit, and
+/// their connection plans for a range scan whatever the statistics say,
+/// `storage::stream::SESSION`); each query below names the lane of its command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
     Keys = 0,
     Reads = 1,
+    Stream = 2,
 }
 
 impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Keys, Lane::Reads];
+    pub const ALL: [Lane; 3] = [Lane::Keys, Lane::Reads, Lane::Stream];
 
     /// The lane's label in metrics.
     pub fn name(self) -> &'static str {
         match self {
             Lane::Keys => "keys",
             Lane::Reads => "reads",
+            Lane::Stream => "stream",
         }
     }
 }
@@ -221,6 +226,7 @@ impl Command {
             | Command::RotateKey { .. }
             | Command::RateLease { .. }
             | Command::ReturnRateTokens { .. } => Lane::Keys,
+            Command::Stream { .. } | Command::Horizon { .. } => Lane::Stream,
             _ => Lane::Reads,
         }
     }
@@ -304,9 +310,8 @@ pub struct StreamPage {
     /// More events may follow the page right away (the page was cut by limit or
     /// bytes).
     pub more: bool,
-    /// The page is empty, yet committed events follow the position: behind the horizon
-    /// (a transaction that began earlier is still running), or come below it since the
-    /// page was read. Worth reading again when the horizon moves.
+    /// Committed events follow the page behind the horizon (a transaction that began
+    /// earlier is still running). Worth reading again when the horizon moves.
     pub held_by_horizon: bool,
 }
 
@@ -394,7 +399,7 @@ impl StorageStatus {
 #[derive(Clone)]
 pub struct CommandSender {
     /// One queue per `Lane`, indexed by it.
-    lanes: [mpsc::Sender<Command>; 2],
+    lanes: [mpsc::Sender<Command>; 3],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -402,12 +407,11 @@ pub struct CommandSender {
 pub struct QueueFull;
 
 impl CommandSender {
-    /// The senders and, for the storage core, the receivers of both lanes, each
+    /// The senders and, for the storage core, the receivers of every lane, each
     /// holding at most `queue_max` commands.
-    pub fn channels(queue_max: usize) -> (CommandSender, [mpsc::Receiver<Command>; 2]) {
-        let (keys, keys_receiver) = mpsc::channel(queue_max);
-        let (reads, reads_receiver) = mpsc::channel(queue_max);
-        (CommandSender { lanes: [keys, reads] }, [keys_receiver, reads_receiver])
+    pub fn channels(queue_max: usize) -> (CommandSender, [mpsc::Receiver<Command>; 3]) {
+        let [keys, reads, stream] = Lane::ALL.map(|_| mpsc::channel(queue_max));
+        (CommandSender { lanes: [keys.0, reads.0, stream.0] }, [keys.1, reads.1, stream.1])
     }
 
     /// Commands queued on `lane` now (a gauge).

@@ -1,7 +1,7 @@
 //! The storage core: one thread with a tokio current-thread runtime that owns every
 //! PostgreSQL connection (`pg`). It runs the batch writers (`writer`: group commit of
 //! the events the HTTP cores push onto their rings), executes the commands the HTTP
-//! cores queue on its two lanes (`queries`; rate-limit leases, batched on a
+//! cores queue on its three lanes (`queries`, `stream`; rate-limit leases, batched on a
 //! connection of their own, in `ratelimit`),
 //! broadcasts control messages (key revocation) back to them (`listener`), keeps the daily partitions (`retention`),
 //! applies migrations (`migrations`) and can run a private cluster (`local_pg`).
@@ -151,7 +151,7 @@ pub struct Storage {
     handoff: Arc<Handoff>,
     /// One command connection per `Lane`, indexed by it, pipelining that lane's
     /// commands; reopened when it closes.
-    connections: [LazyConnection<Statements>; 2],
+    connections: [LazyConnection<Statements>; 3],
     /// Inbox reads in progress at most (`INBOX_READS_MAX`).
     inbox_reads: Semaphore,
     /// One rate window per organisation seen, shared by every core. Bounded by the
@@ -188,7 +188,7 @@ pub enum StartError {
 pub fn start(
     config: StorageConfig,
     handoff: Arc<Handoff>,
-    lanes: [mpsc::Receiver<Command>; 2],
+    lanes: [mpsc::Receiver<Command>; 3],
     status: Arc<StorageStatus>,
 ) -> Result<(), StartError> {
     let (ready, started) = std::sync::mpsc::channel::<Result<(), StartError>>();
@@ -230,7 +230,7 @@ async fn run(
     config: StorageConfig,
     handoff: Arc<Handoff>,
     status: Arc<StorageStatus>,
-    lanes: [mpsc::Receiver<Command>; 2],
+    lanes: [mpsc::Receiver<Command>; 3],
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
     let db = Rc::new(Db::new(config.database, status));
@@ -273,7 +273,13 @@ async fn run(
     ));
     let storage = Rc::new(Storage {
         handoff,
-        connections: Lane::ALL.map(|_| LazyConnection::with_statement_timeout(Rc::clone(&db), timeout)),
+        connections: Lane::ALL.map(|lane| {
+            let connection = LazyConnection::with_statement_timeout(Rc::clone(&db), timeout);
+            match lane {
+                Lane::Stream => connection.with_session(stream::SESSION),
+                Lane::Keys | Lane::Reads => connection,
+            }
+        }),
         inbox_reads: Semaphore::new(INBOX_READS_MAX),
         db,
         rate_windows: RefCell::new(AHashMap::new()),
@@ -282,8 +288,9 @@ async fn run(
     });
     tokio::task::spawn_local(listener::listen(Rc::clone(&storage)));
     let _ = ready.send(Ok(()));
-    let [keys, reads] = lanes;
+    let [keys, reads, stream] = lanes;
     tokio::task::spawn_local(serve_lane(Rc::clone(&storage), keys, config.commands_in_flight_max));
+    tokio::task::spawn_local(serve_lane(Rc::clone(&storage), stream, config.commands_in_flight_max));
     serve_lane(storage, reads, config.commands_in_flight_max).await;
 }
 

@@ -38,6 +38,14 @@ impl Target {
         let (rest, settings) = tls::split_tls_settings(url)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| crate::util::error_chain(&e))?;
         config.connect_timeout(CONNECT_TIMEOUT);
+        // No JIT: every statement here reads or writes a page of rows, and a plan whose
+        // cost estimate crosses `jit_above_cost` (a large table, a disabled plan node)
+        // would spend a second compiling it. Appended to the user's own options.
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} -c jit=off"),
+            _ => "-c jit=off".to_string(),
+        };
+        config.options(&options);
         // tokio-postgres refuses TLS without a host name; with only hostaddr given, the
         // address is the name (libpq checks it against the certificate's IP entries).
         if config.get_hosts().is_empty() {
@@ -136,6 +144,8 @@ pub struct LazyConnection<S> {
     reopening: tokio::sync::Mutex<()>,
     /// Set for request-path connections: every statement on them is bounded.
     statement_timeout: Option<Duration>,
+    /// Settings of the session, run before its statements are prepared.
+    session: Option<&'static str>,
 }
 
 impl<S: PrepareStatements> LazyConnection<S> {
@@ -145,7 +155,13 @@ impl<S: PrepareStatements> LazyConnection<S> {
             current: RefCell::new(None),
             reopening: tokio::sync::Mutex::new(()),
             statement_timeout: None,
+            session: None,
         }
+    }
+
+    /// Runs `settings` (`SET` commands) on each connection it opens.
+    pub fn with_session(self, settings: &'static str) -> LazyConnection<S> {
+        LazyConnection { session: Some(settings), ..self }
     }
 
     /// A connection whose statements PostgreSQL cancels after `timeout`.
@@ -168,6 +184,9 @@ impl<S: PrepareStatements> LazyConnection<S> {
         let client = self.db.connect().await?;
         if let Some(timeout) = self.statement_timeout {
             set_statement_timeout(&client, timeout).await?;
+        }
+        if let Some(settings) = self.session {
+            client.batch_execute(settings).await?;
         }
         let statements = S::prepare(&client).await?;
         let connection = Rc::new(Prepared { client, statements });
@@ -217,6 +236,9 @@ mod tests {
         let bare = Target::parse("hostaddr=127.0.0.1 sslmode=require").unwrap();
         assert!(matches!(bare.config.get_hosts(), [Host::Tcp(name)] if name == "127.0.0.1"));
         assert_eq!(Target::parse("host=h").unwrap().config.get_ssl_mode(), Negotiation::Prefer);
+        assert_eq!(Target::parse("host=h").unwrap().config.get_options(), Some("-c jit=off"));
+        let given = Target::parse("host=h options='-c work_mem=8MB'").unwrap();
+        assert_eq!(given.config.get_options(), Some("-c work_mem=8MB -c jit=off"), "the user's options stay");
     }
 
     #[test]
