@@ -341,6 +341,27 @@ fn server_sent_events_stream_and_resume_with_last_event_id() {
 }
 
 #[test]
+fn an_idle_event_stream_keeps_alive_without_reading_again() {
+    let server = Server::start(&["--stream-keep-alive-ms", "100"]);
+    let org = server.generate("quiet", "pro");
+    let mut source = EventSource::open(&server, &org, None);
+    let keep_alive = |source: &mut EventSource| {
+        let chunk = source.chunk().expect("a keep-alive, not the end");
+        assert_eq!(chunk, ": keep-alive\n\n");
+    };
+    keep_alive(&mut source);
+    let pages = server.metric("triggerd_stream_pages_read_total");
+    assert!(pages >= 1.0, "the stream read once before its first keep-alive");
+    for _ in 0..3 {
+        keep_alive(&mut source);
+    }
+    assert_eq!(server.metric("triggerd_stream_pages_read_total"), pages, "no notice, no read");
+    // A commit wakes it: one read brings the event.
+    let id = post(&server, &org, 0);
+    assert_eq!(source.messages(1)[0].1["id"], id.as_str());
+}
+
+#[test]
 fn shutdown_ends_an_event_stream_cleanly() {
     let server = Server::start(&[]);
     let org = server.generate("closing", "pro");

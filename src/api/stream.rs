@@ -4,7 +4,7 @@
 //! answered when a commit for the organisation wakes it (`shard::stream`). With
 //! `Accept: text/event-stream` the same stream is one held response of Server-Sent
 //! Events (`id:` the position, `data:` the event), with a keep-alive comment every 15 s
-//! when idle; `Last-Event-ID` resumes it.
+//! (`--stream-keep-alive-ms`) when idle; `Last-Event-ID` resumes it.
 //!
 //! A held read costs its connection's buffers and one watch entry: no thread, and no
 //! query until a commit of its organisation wakes it.
@@ -23,6 +23,7 @@ use super::error::ApiError;
 use super::inbox::{write_event, write_events};
 use crate::handoff::commands::{Command, Position, StreamPage, StreamQuery};
 use crate::http::{BodyStream, Request, ResponseBuf};
+use crate::shard::stream::{watch, Watch};
 use crate::shard::Shard;
 use crate::util::json::ObjectWriter;
 
@@ -35,8 +36,6 @@ pub const PAGE_BYTES_MAX: i64 = 4 * 1024 * 1024;
 /// Most bytes of event JSON in one Server-Sent Events piece: what one stream holds in
 /// memory at most while its reader reads it (at least one event is always sent).
 pub const EVENT_STREAM_PIECE_BYTES_MAX: i64 = 256 * 1024;
-/// A comment line at least this often on an idle event stream.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often the core's horizon watcher looks again while committed events wait
 /// behind the horizon (a transaction that began earlier is still running; the
 /// writers' commit in milliseconds).
@@ -123,17 +122,19 @@ pub async fn read(
         response.content_type = Some(b"text/event-stream");
         let stream = EventStream {
             shard: Rc::clone(shard),
+            watch: watch(shard, org_id),
             org_id,
             position: params.after,
             limit: params.limit,
             idle_since: None,
+            quiet_since: None,
         };
         response.stream = Some(Box::new(stream));
         return Ok(200);
     }
     let deadline = Instant::now() + params.wait;
     let query = StreamQuery { org_id, after: params.after, limit: params.limit, bytes_max: PAGE_BYTES_MAX };
-    let page = held_read(shard, query, deadline).await?;
+    let (page, _) = held_read(shard, &watch(shard, org_id), query, deadline, None).await?;
     let position = page.events.last().map_or(params.after, |(position, _)| *position);
     let events: Vec<_> = page.events.into_iter().map(|(_, event)| event).collect();
     ObjectWriter::new(&mut response.body)
@@ -144,18 +145,33 @@ pub async fn read(
 }
 
 /// Reads a page; while it is empty and `deadline` has not passed, waits for a commit
-/// of the organisation (registered before each read, so none is missed) or, when
-/// committed events wait behind the horizon, for the horizon to move, and reads again.
-/// At the deadline the empty page is the answer without another read: a commit since
-/// the last one would have woken the wait.
-async fn held_read(shard: &Shard, query: StreamQuery, deadline: Instant) -> Result<StreamPage, ApiError> {
+/// of the organisation (`watch`, registered before the first read, so none is missed)
+/// or, when committed events wait behind the horizon, for the horizon to move, and
+/// reads again. At the deadline the empty page is the answer without another read: a
+/// commit since the last one would have woken the wait.
+///
+/// `quiet`: the watch's commit count when an earlier read of the same position found
+/// nothing (and nothing behind the horizon). If no notice came since, the first read
+/// is skipped: an event stream's keep-alive costs no query. Returns the page and the
+/// count to pass as `quiet` next time.
+async fn held_read(
+    shard: &Shard,
+    watch: &Watch,
+    query: StreamQuery,
+    deadline: Instant,
+    quiet: Option<u64>,
+) -> Result<(StreamPage, u64), ApiError> {
+    let mut skip = quiet.filter(|&count| count == watch.commits());
     loop {
-        let watch = shard.watch(query.org_id);
         let mut committed = std::pin::pin!(watch.notify().notified());
         committed.as_mut().enable();
-        let page = ask(shard, |reply| Command::Stream { query, reply }).await?;
+        let commits = watch.commits();
+        let page = match skip.take() {
+            Some(_) => StreamPage::default(),
+            None => ask(shard, |reply| Command::Stream { query, reply }).await?,
+        };
         if !page.events.is_empty() || Instant::now() >= deadline {
-            return Ok(page);
+            return Ok((page, commits));
         }
         let woken = async {
             if page.held_by_horizon {
@@ -170,7 +186,7 @@ async fn held_read(shard: &Shard, query: StreamQuery, deadline: Instant) -> Resu
             false
         };
         if !futures_lite::future::or(woken, timed_out).await {
-            return Ok(page);
+            return Ok((page, commits));
         }
     }
 }
@@ -197,32 +213,38 @@ async fn horizon_moved(shard: &Shard) {
 }
 
 /// One Server-Sent Events response: pieces of events as they commit, keep-alive
-/// comments when idle. Lives as long as the response.
+/// comments when idle. Lives as long as the response, and so does its watch.
 struct EventStream {
     shard: Rc<Shard>,
+    watch: Watch,
     org_id: Uuid,
     /// Where the client is: the last position sent.
     position: Position,
     limit: i64,
     /// When the stream last sent anything (for keep-alives).
     idle_since: Option<Instant>,
+    /// The watch's commit count when the last read found nothing new (and nothing
+    /// behind the horizon): unchanged, the next piece need not read again.
+    quiet_since: Option<u64>,
 }
 
 impl EventStream {
     async fn piece(&mut self, out: &mut Vec<u8>) -> bool {
         let idle_since = *self.idle_since.get_or_insert_with(Instant::now);
-        let deadline = idle_since + KEEP_ALIVE;
+        let deadline = idle_since + self.shard.settings().stream_keep_alive;
         let query = StreamQuery {
             org_id: self.org_id,
             after: self.position,
             limit: self.limit,
             bytes_max: EVENT_STREAM_PIECE_BYTES_MAX,
         };
-        let page = match held_read(&self.shard, query, deadline).await {
-            Ok(page) => page,
-            // The client reconnects with Last-Event-ID and loses nothing.
-            Err(_) => return false,
-        };
+        let (page, commits) =
+            match held_read(&self.shard, &self.watch, query, deadline, self.quiet_since).await {
+                Ok(read) => read,
+                // The client reconnects with Last-Event-ID and loses nothing.
+                Err(_) => return false,
+            };
+        self.quiet_since = (page.events.is_empty() && !page.held_by_horizon).then_some(commits);
         if page.events.is_empty() {
             out.extend_from_slice(b": keep-alive\n\n");
         }

@@ -151,6 +151,17 @@ pub struct ServeConfig {
     #[arg(long, help_heading = "Network", env = "TRIGGERD_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
+    /// A Server-Sent Events stream with nothing to send writes a keep-alive comment this
+    /// often (below the idle timeout of any proxy in front; it costs no query).
+    #[arg(
+        long,
+        help_heading = "Network",
+        env = "TRIGGERD_STREAM_KEEP_ALIVE_MS",
+        default_value_t = 15_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub stream_keep_alive_ms: u64,
+
     /// A client that does not read its response within this is disconnected.
     #[arg(long, help_heading = "Network", env = "TRIGGERD_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
     pub write_timeout_ms: u64,

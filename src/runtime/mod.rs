@@ -324,6 +324,7 @@ fn shard_settings(config: &ServeConfig, instance_id: u64) -> ShardSettings {
         // Two full rounds of every writer: 16 clients sending 100-event batches back to
         // back (1 600 waiting) are a busy write path, not a standing queue to shed.
         queue_floor: 2 * config.writers * config.batch_events_max,
+        stream_keep_alive: Duration::from_millis(config.stream_keep_alive_ms),
     }
 }
 

@@ -48,6 +48,8 @@ pub struct ShardSettings {
     pub queue_target: Option<std::time::Duration>,
     /// Events a core admits even while its queue stands: two full rounds of every writer.
     pub queue_floor: usize,
+    /// A keep-alive comment at least this often on an idle event stream.
+    pub stream_keep_alive: std::time::Duration,
 }
 
 /// Longest request id the server makes (`Shard::next_request_id`).

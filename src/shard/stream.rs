@@ -2,8 +2,11 @@
 //! A held read registers a `Watch` *before* it reads (a commit between its read and
 //! its wait still wakes it), then waits on it; the core's dispatcher wakes every watch
 //! of an organisation when the storage core says that organisation got events (its own
-//! writers directly, other instances through LISTEN/NOTIFY). A watch costs one map
-//! entry per organisation and a count; no thread, no query while it waits.
+//! writers directly, other instances through LISTEN/NOTIFY), and counts the notice
+//! (`Watch::commits`): an event stream that keeps its watch between pieces knows
+//! whether anything committed since its last read without asking the database. A
+//! watch costs one map entry per organisation and a count; no thread, no query while
+//! it waits.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -15,12 +18,19 @@ use uuid::Uuid;
 
 use super::Shard;
 
-/// This core's held reads by organisation: the organisation's notifier and how many
-/// watches hold it (the entry goes with the last one).
+/// This core's held reads by organisation: the organisation's commit notices and how
+/// many watches hold them (the entry goes with the last one).
 #[derive(Default)]
 pub struct StreamWaiters {
-    by_org: RefCell<AHashMap<Uuid, (Rc<Notify>, usize)>>,
+    by_org: RefCell<AHashMap<Uuid, (Rc<Commits>, usize)>>,
     horizon: Horizon,
+}
+
+/// One organisation's commit notices on this core: wakes the waiting reads and counts.
+#[derive(Default)]
+pub struct Commits {
+    notify: Notify,
+    count: Cell<u64>,
 }
 
 /// Reads whose events wait behind the horizon (a transaction that began earlier is
@@ -67,21 +77,28 @@ impl Drop for HorizonWatcher<'_> {
 }
 
 /// One held read's registration; deregisters when dropped.
-pub struct Watch<'a> {
-    shard: &'a Shard,
+pub struct Watch {
+    shard: Rc<Shard>,
     org_id: Uuid,
-    notify: Rc<Notify>,
+    commits: Rc<Commits>,
 }
 
-impl Watch<'_> {
+impl Watch {
     /// Resolves at the next commit notice for the organisation after this watch was
     /// made (a notice that arrived before the future was polled counts too).
     pub fn notify(&self) -> &Notify {
-        &self.notify
+        &self.commits.notify
+    }
+
+    /// Commit notices for the organisation since the watch's entry was made: unchanged
+    /// between two moments means nothing of the organisation committed in between
+    /// (a notice follows every commit).
+    pub fn commits(&self) -> u64 {
+        self.commits.count.get()
     }
 }
 
-impl Drop for Watch<'_> {
+impl Drop for Watch {
     fn drop(&mut self) {
         let mut by_org = self.shard.stream.by_org.borrow_mut();
         if let Some((_, count)) = by_org.get_mut(&self.org_id) {
@@ -94,30 +111,37 @@ impl Drop for Watch<'_> {
     }
 }
 
-impl Shard {
-    /// Registers a held read of `org_id`'s stream.
-    pub fn watch(&self, org_id: Uuid) -> Watch<'_> {
-        let notify = {
-            let mut by_org = self.stream.by_org.borrow_mut();
-            let (notify, count) = by_org.entry(org_id).or_insert_with(|| (Rc::new(Notify::new()), 0));
-            *count += 1;
-            Rc::clone(notify)
-        };
-        self.handoff.stream_waiters.fetch_add(1, Ordering::Relaxed);
-        Watch { shard: self, org_id, notify }
-    }
+/// Registers a held read of `org_id`'s stream on `shard`'s core.
+pub fn watch(shard: &Rc<Shard>, org_id: Uuid) -> Watch {
+    let commits = {
+        let mut by_org = shard.stream.by_org.borrow_mut();
+        let (commits, count) = by_org.entry(org_id).or_default();
+        *count += 1;
+        Rc::clone(commits)
+    };
+    shard.handoff.stream_waiters.fetch_add(1, Ordering::Relaxed);
+    Watch { shard: Rc::clone(shard), org_id, commits }
+}
 
+impl Commits {
+    fn notice(&self) {
+        self.count.set(self.count.get().wrapping_add(1));
+        self.notify.notify_waiters();
+    }
+}
+
+impl Shard {
     /// A commit notice from the storage core: wakes the held reads of `org_id`, or of
     /// every organisation for `None`.
     pub fn committed(&self, org_id: Option<Uuid>) {
         let by_org = self.stream.by_org.borrow();
         match org_id {
             Some(org_id) => {
-                if let Some((notify, _)) = by_org.get(&org_id) {
-                    notify.notify_waiters();
+                if let Some((commits, _)) = by_org.get(&org_id) {
+                    commits.notice();
                 }
             }
-            None => by_org.values().for_each(|(notify, _)| notify.notify_waiters()),
+            None => by_org.values().for_each(|(commits, _)| commits.notice()),
         }
     }
 

@@ -14,6 +14,8 @@ pub struct StorageMetrics {
     /// Insert statements sent: one per batch, more only when PostgreSQL refused a
     /// batch and its refused events were isolated by bisection.
     pub batch_statements: AtomicU64,
+    /// Stream page statements run (held reads run one when woken, never while waiting).
+    pub stream_pages: AtomicU64,
     /// Undelivered events dropped with their partition past the undelivered retention.
     pub events_dropped_undelivered: AtomicU64,
     /// Old partitions the last maintenance pass kept for their undelivered events (a gauge).
@@ -33,6 +35,7 @@ impl Default for StorageMetrics {
             events_written: AtomicU64::new(0),
             batch_failures: AtomicU64::new(0),
             batch_statements: AtomicU64::new(0),
+            stream_pages: AtomicU64::new(0),
             events_dropped_undelivered: AtomicU64::new(0),
             partitions_kept: AtomicU64::new(0),
             rate_leases: AtomicU64::new(0),
@@ -88,6 +91,11 @@ impl StorageMetrics {
             "triggerd_storage_batch_statements_total",
             "Insert statements sent for batches (more than one per batch only while isolating refused events).",
             self.batch_statements.load(Ordering::Relaxed),
+        );
+        exposition.counter(
+            "triggerd_stream_pages_read_total",
+            "Stream page statements run (a held read runs one when woken, none while it waits).",
+            self.stream_pages.load(Ordering::Relaxed),
         );
         exposition.counter(
             "triggerd_events_dropped_undelivered_total",
