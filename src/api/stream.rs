@@ -161,14 +161,15 @@ async fn held_read(
     deadline: Instant,
     quiet: Option<u64>,
 ) -> Result<(StreamPage, u64), ApiError> {
-    let mut skip = quiet.filter(|&count| count == watch.commits());
+    let mut skip_read = quiet == Some(watch.commits());
     loop {
         let mut committed = std::pin::pin!(watch.notify().notified());
         committed.as_mut().enable();
         let commits = watch.commits();
-        let page = match skip.take() {
-            Some(_) => StreamPage::default(),
-            None => ask(shard, |reply| Command::Stream { query, reply }).await?,
+        let page = if std::mem::take(&mut skip_read) {
+            StreamPage::default()
+        } else {
+            ask(shard, |reply| Command::Stream { query, reply }).await?
         };
         if !page.events.is_empty() || Instant::now() >= deadline {
             return Ok((page, commits));
