@@ -50,6 +50,10 @@ impl StorageMetrics {
         bump(&self.batch_statements, statements);
     }
 
+    pub fn stream_page(&self) {
+        bump(&self.stream_pages, 1);
+    }
+
     pub fn batch(&self, events: usize, elapsed: Duration, failed: bool) {
         self.batch_size.observe(events as f64);
         self.commit_seconds.observe_duration(elapsed);

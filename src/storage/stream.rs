@@ -81,7 +81,7 @@ impl Storage {
         // Pages share the inbox's bound on pages held at once.
         let _permit = self.inbox_reads.acquire().await.map_err(|_| StorageError::Corrupt("closed".into()))?;
         let connection = self.commands(Lane::Stream).await?;
-        self.metrics.stream_pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.stream_page();
         let statements = &connection.statements.stream;
         let (org, after) = (query.org_id, query.after);
         let rows = connection
