@@ -125,7 +125,9 @@ pub struct ServeConfig {
     #[arg(long, help_heading = "Limits", env = "TRIGGERD_BATCH_BYTES_MAX", default_value_t = 8 * 1024 * 1024)]
     pub batch_bytes_max: usize,
 
-    /// Batch writers, each with its own connection: one commits while another fills.
+    /// Batch writers, each with its own connection. They take turns (one batch in
+    /// flight, so each commit carries everything that arrived during the previous one);
+    /// another sends beside it only when the batch in flight has run for 5 ms.
     #[arg(long, help_heading = "Database", env = "TRIGGERD_WRITERS", default_value_t = 2)]
     pub writers: usize,
 

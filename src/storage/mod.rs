@@ -252,6 +252,7 @@ async fn run(
     }
     let broadcast = Rc::new(notifier::CommitBroadcast::default());
     tokio::task::spawn_local(notifier::run(Rc::clone(&db), Rc::clone(&broadcast)));
+    let gate = Rc::new(writer::Gate::default());
     for writer in 0..config.writers.max(1) {
         tokio::task::spawn_local(writer::run(writer::Writer {
             number: writer,
@@ -262,6 +263,7 @@ async fn run(
             committed: config.committed.clone(),
             partitions_wanted: Rc::clone(&partitions_wanted),
             broadcast: Rc::clone(&broadcast),
+            gate: Rc::clone(&gate),
         }));
     }
     let timeout = config.statement_timeout;
