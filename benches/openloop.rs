@@ -13,16 +13,28 @@
 //! (latencies in µs). Exits 1 if any request was not answered as expected (any 2xx by
 //! default, or exactly --expect-status: scripts/bench sends refused events that way).
 //!
-//! Built like wrk so that it costs the machine about as much per request: a few threads
-//! (--threads, default 2), each driving its share of the connections without blocking,
-//! waiting in `ppoll` (nanosecond timeout, so a send is not late by a millisecond tick)
-//! for the next scheduled send or a response. One request per connection is in flight
-//! (HTTP/1.1 without pipelining): a connection whose answer is late sends its next
-//! request late, and that lateness is counted in the next request's latency.
+//! Built like wrk, to cost the machine as little per request as it can: a few threads
+//! (--threads, default 2), each driving its share of the connections without blocking
+//! from one epoll set (each socket registered once, so a wake-up costs the sockets that
+//! are ready, not all of them). A thread walks its part of the schedule in time order
+//! and, at each wake-up, sends every request that is due; it sleeps in `epoll_pwait2`
+//! (nanosecond timeout, so a send is not late by a millisecond tick) until the next
+//! scheduled send or a response. Requests are put together from bytes formatted once;
+//! a response is read with one `read` per wake-up (level-triggered: the rest, if any,
+//! wakes the thread again) and parsed with httparse, in place unless it came in pieces.
+//! One request per connection is in flight (HTTP/1.1 without pipelining): a connection
+//! whose answer is late sends its next request as soon as the answer is read, and that
+//! lateness is counted in the next request's latency.
+//!
+//! Most of its CPU per request is the wake-ups, not the work: on the benchmark VM a
+//! sleep and wake-up costs some 35-40 µs of CPU, and at a fixed rate below the server's
+//! ceiling the thread has to wake at about every scheduled send (waking less often would
+//! make the sends late on purpose). So it costs close to what wrk costs near the ceiling,
+//! and more per request at a quarter of it.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 struct Options {
@@ -77,6 +89,45 @@ fn parse() -> Result<Options, String> {
     })
 }
 
+/// The requests' bytes, formatted once: request `at` is `head`, key line `at % keys`
+/// (if any) and tail `at % tails` (the body, if any).
+struct Requests {
+    head: Vec<u8>,
+    keys: Vec<Vec<u8>>,
+    tails: Vec<Vec<u8>>,
+}
+
+impl Requests {
+    fn new(options: &Options) -> Requests {
+        let head = format!("{} {} HTTP/1.1\r\nHost: {}\r\n", options.method, options.path, options.host);
+        let keys = options.keys.iter().map(|k| format!("X-API-Key: {k}\r\n").into_bytes()).collect();
+        let tails = if options.bodies.is_empty() {
+            vec![b"\r\n".to_vec()]
+        } else {
+            options
+                .bodies
+                .iter()
+                .map(|body| {
+                    format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                        .into_bytes()
+                })
+                .collect()
+        };
+        Requests { head: head.into_bytes(), keys, tails }
+    }
+
+    /// Request `n` of connection `connection` (the same rotation as ever: `connection + n`).
+    fn put(&self, connection: usize, n: u64, out: &mut Vec<u8>) {
+        let at = connection + n as usize;
+        out.clear();
+        out.extend_from_slice(&self.head);
+        if !self.keys.is_empty() {
+            out.extend_from_slice(&self.keys[at % self.keys.len()]);
+        }
+        out.extend_from_slice(&self.tails[at % self.tails.len()]);
+    }
+}
+
 /// One connection: requests `index`, `index + connections`, … of the whole schedule.
 struct Connection {
     index: usize,
@@ -85,9 +136,14 @@ struct Connection {
     done: u64,
     /// The scheduled start of the request in flight.
     in_flight: Option<Instant>,
+    /// The unsent rest of the request in flight after a short write (rare).
     output: Vec<u8>,
     written: usize,
+    /// A response that came in pieces, so far.
     input: Vec<u8>,
+    /// The server closed the connection or wrote to it while no request was in
+    /// flight: its next request fails (as writing it to the dead connection would).
+    broken: bool,
 }
 
 struct Tally {
@@ -123,165 +179,358 @@ fn response(input: &[u8]) -> Result<Option<(u16, usize)>, ()> {
     }
 }
 
-fn request(options: &Options, connection: usize, n: u64, out: &mut Vec<u8>) {
-    let at = connection + n as usize;
-    out.clear();
-    let _ = write!(out, "{} {} HTTP/1.1\r\nHost: {}\r\n", options.method, options.path, options.host);
-    if !options.keys.is_empty() {
-        let _ = write!(out, "X-API-Key: {}\r\n", options.keys[at % options.keys.len()]);
+/// An epoll set whose events carry a connection's slot.
+struct Poller {
+    fd: OwnedFd,
+    /// 0: not known yet; 1: `epoll_pwait2` works; 2: it does not (kernel before 5.11).
+    precise: u8,
+}
+
+impl Poller {
+    fn new() -> std::io::Result<Poller> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd
+        // that nothing else owns.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(Poller { fd: unsafe { OwnedFd::from_raw_fd(fd) }, precise: 0 })
     }
-    if options.bodies.is_empty() {
-        out.extend_from_slice(b"\r\n");
-    } else {
-        let body = &options.bodies[at % options.bodies.len()];
-        let _ = write!(out, "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+
+    fn control(&self, op: libc::c_int, fd: RawFd, events: u32, slot: usize) {
+        let mut event = libc::epoll_event { events, u64: slot as u64 };
+        // SAFETY: both fds are open; `event` is a live epoll_event for the call.
+        unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) };
+    }
+
+    /// Waits for events or `timeout` (`None`: no limit); returns how many are in `events`.
+    fn wait(&mut self, events: &mut [libc::epoll_event], timeout: Option<Duration>) -> usize {
+        let max = events.len().min(libc::c_int::MAX as usize) as libc::c_int;
+        let ready = if self.precise != 2 {
+            let timeout = timeout.map(|wait| libc::timespec {
+                tv_sec: wait.as_secs() as libc::time_t,
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
+            });
+            let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `events` is a live array of at least `max` epoll_events the kernel
+            // may write; the timeout pointer is null or points at a live timespec; a null
+            // signal mask leaves the thread's mask alone.
+            let ready = unsafe {
+                libc::epoll_pwait2(
+                    self.fd.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    max,
+                    timeout_ptr,
+                    std::ptr::null(),
+                )
+            };
+            if ready < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+                self.precise = 2;
+                return 0;
+            }
+            self.precise = 1;
+            ready
+        } else {
+            // Millisecond timeouts, rounded up: sends may be late by up to a tick (and
+            // that lateness is counted as latency).
+            let ms =
+                timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int);
+            // SAFETY: as above, without the timeout pointer.
+            unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, ms) }
+        };
+        ready.max(0) as usize
     }
 }
 
 /// One thread's connections, driven until each has sent its share of the schedule.
-fn run_thread(options: &Options, indexes: Vec<usize>, start: Instant) -> Tally {
-    let interval = options.connections as f64 / options.rate;
+struct Driver<'a> {
+    options: &'a Options,
+    requests: &'a Requests,
+    start: Instant,
+    /// Nanoseconds between two scheduled requests of the whole schedule.
+    spacing: f64,
+    /// Requests per connection.
+    total: u64,
+    connections: Vec<Connection>,
+    /// The next entry of this thread's schedule to visit: request `next_round` of
+    /// connection `connections[next_slot]`.
+    next_round: u64,
+    next_slot: usize,
+    in_flight: usize,
+    /// Connections whose next request came due while they were busy.
+    late: Vec<usize>,
+    poller: Poller,
+    tally: Tally,
+    scratch: Vec<u8>,
+    buffer: Box<[u8]>,
+}
+
+impl Driver<'_> {
+    /// The scheduled start of request `n` of the connection with `index`.
+    fn scheduled(&self, index: usize, n: u64) -> Instant {
+        let at = index as u64 + n * self.options.connections as u64;
+        self.start + Duration::from_nanos((at as f64 * self.spacing) as u64)
+    }
+
+    fn record(&mut self, due: Instant, now: Instant) {
+        let latency = now.saturating_duration_since(due).as_micros();
+        self.tally.latencies.push(latency.min(u128::from(u32::MAX)) as u32);
+    }
+
+    /// Sends the connection's next requests while it is idle and they are due (as of
+    /// `now`): one, unless a send fails at once.
+    fn send_due(&mut self, slot: usize, mut now: Instant) {
+        loop {
+            let c = &self.connections[slot];
+            if c.in_flight.is_some() || c.done >= self.total {
+                return;
+            }
+            let due = self.scheduled(c.index, c.done);
+            if due > now {
+                return;
+            }
+            if self.send(slot, due) {
+                return;
+            }
+            now = Instant::now();
+        }
+    }
+
+    /// Sends the connection's next request, scheduled at `due`; false if it failed at once.
+    fn send(&mut self, slot: usize, due: Instant) -> bool {
+        let c = &mut self.connections[slot];
+        if c.broken {
+            c.broken = false;
+            c.stream = None;
+            self.fail(slot, due);
+            return false;
+        }
+        if c.stream.is_none() {
+            c.stream = connect(&self.options.host).ok();
+            match &c.stream {
+                Some(stream) => {
+                    self.poller.control(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), libc::EPOLLIN as u32, slot)
+                }
+                // No connection: the request fails now, measured from its scheduled time.
+                None => {
+                    self.fail(slot, due);
+                    return false;
+                }
+            }
+        }
+        let c = &mut self.connections[slot];
+        let Some(stream) = c.stream.as_mut() else { return false };
+        self.requests.put(c.index, c.done, &mut self.scratch);
+        let written = match stream.write(&self.scratch) {
+            Ok(n) if n > 0 => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+            _ => {
+                c.stream = None;
+                self.fail(slot, due);
+                return false;
+            }
+        };
+        if written < self.scratch.len() {
+            c.output.clear();
+            c.output.extend_from_slice(&self.scratch[written..]);
+            c.written = 0;
+            let events = (libc::EPOLLIN | libc::EPOLLOUT) as u32;
+            self.poller.control(libc::EPOLL_CTL_MOD, stream.as_raw_fd(), events, slot);
+        }
+        c.input.clear();
+        c.in_flight = Some(due);
+        self.in_flight += 1;
+        true
+    }
+
+    /// The connection's request scheduled at `due` failed before it was sent.
+    fn fail(&mut self, slot: usize, due: Instant) {
+        self.record(due, Instant::now());
+        self.tally.errors += 1;
+        self.connections[slot].done += 1;
+    }
+
+    /// The request in flight on the connection is done: answered with `Ok(status)`,
+    /// or failed.
+    fn finish(&mut self, slot: usize, outcome: Result<u16, ()>) {
+        let now = Instant::now();
+        let c = &mut self.connections[slot];
+        let Some(due) = c.in_flight.take() else { return };
+        c.done += 1;
+        let (index, done) = (c.index, c.done);
+        let next = (done < self.total).then(|| self.scheduled(index, done));
+        self.in_flight -= 1;
+        // Measured from the scheduled start: a late send counts as latency.
+        self.record(due, now);
+        match outcome {
+            Ok(status)
+                if self.options.expect_status.map_or((200..=299).contains(&status), |s| s == status) =>
+            {
+                self.tally.ok += 1
+            }
+            Ok(_) => self.tally.errors += 1,
+            Err(()) => self.tally.errors += 1,
+        }
+        // Its next request, if that is already due (this one was late), goes out with
+        // the other sends after this wake-up's answers are read: writes in one burst.
+        if next.is_some_and(|next| next <= now) {
+            self.late.push(slot);
+        }
+    }
+
+    /// Writes more of a request that did not go out in one write.
+    fn writable(&mut self, slot: usize) {
+        let c = &mut self.connections[slot];
+        let Some(stream) = c.stream.as_mut() else { return };
+        if c.in_flight.is_none() || c.written >= c.output.len() {
+            return;
+        }
+        match stream.write(&c.output[c.written..]) {
+            Ok(n) if n > 0 => c.written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            _ => {
+                c.stream = None;
+                self.finish(slot, Err(()));
+                return;
+            }
+        }
+        if c.written >= c.output.len() {
+            self.poller.control(libc::EPOLL_CTL_MOD, stream.as_raw_fd(), libc::EPOLLIN as u32, slot);
+        }
+    }
+
+    /// Reads what the server sent on the connection (one read: level-triggered epoll
+    /// reports the rest, if any, again).
+    fn readable(&mut self, slot: usize) {
+        let c = &mut self.connections[slot];
+        let Some(stream) = c.stream.as_mut() else { return };
+        let (n, failed) = match stream.read(&mut self.buffer) {
+            Ok(0) => (0, true),
+            Ok(n) => (n, false),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => return,
+            Err(_) => (0, true),
+        };
+        if c.in_flight.is_none() {
+            // Closed or written to while idle: dropping the socket takes it out of the
+            // epoll set, and the next request fails.
+            c.stream = None;
+            c.broken = true;
+            return;
+        }
+        let parsed = if c.input.is_empty() {
+            let parsed = response(&self.buffer[..n]);
+            if let Ok(None) = parsed {
+                c.input.extend_from_slice(&self.buffer[..n]);
+            }
+            parsed
+        } else {
+            c.input.extend_from_slice(&self.buffer[..n]);
+            response(&c.input)
+        };
+        let outcome = match parsed {
+            Ok(Some((status, _))) => Ok(status),
+            Ok(None) if failed => Err(()),
+            Ok(None) => return,
+            Err(()) => Err(()),
+        };
+        if failed || outcome.is_err() {
+            c.stream = None;
+        }
+        self.finish(slot, outcome);
+    }
+
+    fn run(mut self) -> Tally {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; self.connections.len().max(1)];
+        loop {
+            // Every request of this thread's schedule that is due: first those of
+            // connections that were busy when they came due, then the rest in order.
+            let now = Instant::now();
+            for i in 0..self.late.len() {
+                let slot = self.late[i];
+                self.send_due(slot, now);
+            }
+            self.late.clear();
+            let mut next: Option<Instant> = None;
+            while self.next_round < self.total {
+                let slot = self.next_slot;
+                let due = self.scheduled(self.connections[slot].index, self.next_round);
+                if due > now {
+                    next = Some(due);
+                    break;
+                }
+                self.next_slot += 1;
+                if self.next_slot == self.connections.len() {
+                    self.next_slot = 0;
+                    self.next_round += 1;
+                }
+                // Sent now if the connection is idle; if it is busy, right after the
+                // wake-up that reads the answer in flight (`finish`, `late`).
+                self.send_due(slot, now);
+            }
+            if next.is_none() && self.in_flight == 0 {
+                return self.tally;
+            }
+            let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
+            let ready = self.poller.wait(&mut events, timeout);
+            for event in &events[..ready] {
+                let (flags, slot) = (event.events, event.u64 as usize);
+                if flags & libc::EPOLLOUT as u32 != 0 {
+                    self.writable(slot);
+                }
+                if flags & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+                    self.readable(slot);
+                }
+            }
+        }
+    }
+}
+
+fn run_thread(options: &Options, requests: &Requests, indexes: Vec<usize>, start: Instant) -> Tally {
     let total = (options.rate * options.seconds / options.connections as f64) as u64;
-    let scheduled = |c: &Connection| {
-        start + Duration::from_secs_f64(c.index as f64 / options.rate + interval * c.done as f64)
+    let tally = Tally { latencies: Vec::with_capacity((total as usize) * indexes.len()), ok: 0, errors: 0 };
+    let poller = match Poller::new() {
+        Ok(poller) => poller,
+        Err(e) => {
+            eprintln!("openloop: epoll: {e}");
+            return Tally { latencies: Vec::new(), ok: 0, errors: 1 };
+        }
     };
-    let mut tally =
-        Tally { latencies: Vec::with_capacity((total as usize) * indexes.len()), ok: 0, errors: 0 };
-    let mut connections: Vec<Connection> = indexes
+    let connections: Vec<Connection> = indexes
         .into_iter()
         .map(|index| Connection {
             index,
             stream: connect(&options.host).ok(),
             done: 0,
             in_flight: None,
-            output: Vec::with_capacity(512),
+            output: Vec::new(),
             written: 0,
-            input: Vec::with_capacity(1024),
+            input: Vec::new(),
+            broken: false,
         })
         .collect();
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(connections.len());
-    let mut polled: Vec<usize> = Vec::with_capacity(connections.len());
-    let mut buffer = [0u8; 16 * 1024];
-    loop {
-        let now = Instant::now();
-        let mut next_send: Option<Instant> = None;
-        let mut busy = false;
-        for c in connections.iter_mut() {
-            if c.in_flight.is_some() {
-                busy = true;
-                continue;
-            }
-            if c.done >= total {
-                continue;
-            }
-            let due = scheduled(c);
-            if due > now {
-                next_send = Some(next_send.map_or(due, |n| n.min(due)));
-                continue;
-            }
-            if c.stream.is_none() {
-                c.stream = connect(&options.host).ok();
-            }
-            if c.stream.is_none() {
-                // No connection: the request fails now, at its scheduled time.
-                tally.latencies.push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                tally.errors += 1;
-                c.done += 1;
-                continue;
-            }
-            request(options, c.index, c.done, &mut c.output);
-            c.written = 0;
-            c.input.clear();
-            c.in_flight = Some(due);
-            busy = true;
-        }
-        if !busy && next_send.is_none() {
-            return tally;
-        }
-        // Write what is pending, then wait for answers or the next send.
-        fds.clear();
-        polled.clear();
-        for (i, c) in connections.iter_mut().enumerate() {
-            let (Some(_), Some(stream)) = (c.in_flight, c.stream.as_mut()) else { continue };
-            while c.written < c.output.len() {
-                match stream.write(&c.output[c.written..]) {
-                    Ok(0) => break,
-                    Ok(n) => c.written += n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => break,
-                }
-            }
-            let events = if c.written < c.output.len() { libc::POLLOUT } else { libc::POLLIN };
-            fds.push(libc::pollfd { fd: stream.as_raw_fd(), events, revents: 0 });
-            polled.push(i);
-        }
-        let timeout = next_send.map(|at| {
-            let wait = at.saturating_duration_since(Instant::now());
-            libc::timespec {
-                tv_sec: wait.as_secs() as libc::time_t,
-                tv_nsec: wait.subsec_nanos() as libc::c_long,
-            }
-        });
-        let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfds that ppoll may
-        // write revents into; the timeout pointer is null or points at a live timespec;
-        // a null signal mask leaves the thread's mask alone.
-        let ready = unsafe {
-            libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ptr, std::ptr::null())
-        };
-        if ready <= 0 {
-            continue;
-        }
-        for (slot, &i) in polled.iter().enumerate() {
-            if fds[slot].revents == 0 {
-                continue;
-            }
-            let c = &mut connections[i];
-            let Some(stream) = c.stream.as_mut() else { continue };
-            let mut failed = fds[slot].revents & (libc::POLLERR | libc::POLLNVAL) != 0;
-            loop {
-                match stream.read(&mut buffer) {
-                    Ok(0) => {
-                        failed = true;
-                        break;
-                    }
-                    Ok(n) => c.input.extend_from_slice(&buffer[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            let Some(due) = c.in_flight else { continue };
-            let outcome = match response(&c.input) {
-                Ok(Some((status, _))) => Some(Ok(status)),
-                Ok(None) if failed => Some(Err(())),
-                Ok(None) => None,
-                Err(()) => Some(Err(())),
-            };
-            let Some(outcome) = outcome else { continue };
-            // Measured from the scheduled start: a late send counts as latency.
-            tally.latencies.push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-            match outcome {
-                Ok(status)
-                    if options.expect_status.map_or((200..=299).contains(&status), |s| s == status) =>
-                {
-                    tally.ok += 1
-                }
-                Ok(_) => tally.errors += 1,
-                Err(()) => {
-                    tally.errors += 1;
-                    c.stream = None;
-                }
-            }
-            if failed {
-                c.stream = None;
-            }
-            c.in_flight = None;
-            c.done += 1;
+    for (slot, c) in connections.iter().enumerate() {
+        if let Some(stream) = &c.stream {
+            poller.control(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), libc::EPOLLIN as u32, slot);
         }
     }
+    Driver {
+        options,
+        requests,
+        start,
+        spacing: 1e9 / options.rate,
+        total,
+        connections,
+        next_round: 0,
+        next_slot: 0,
+        in_flight: 0,
+        late: Vec::new(),
+        poller,
+        tally,
+        scratch: Vec::with_capacity(1024),
+        buffer: vec![0u8; 64 * 1024].into_boxed_slice(),
+    }
+    .run()
 }
 
 fn main() {
@@ -292,13 +541,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let requests = Requests::new(&options);
     let start = Instant::now() + Duration::from_millis(100);
     let results: Vec<Tally> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..options.threads)
             .map(|t| {
                 let indexes: Vec<usize> = (t..options.connections).step_by(options.threads).collect();
-                let options = &options;
-                scope.spawn(move || run_thread(options, indexes, start))
+                let (options, requests) = (&options, &requests);
+                scope.spawn(move || run_thread(options, requests, indexes, start))
             })
             .collect();
         handles
