@@ -19,10 +19,11 @@
 //! batch fills. An attempt's slot is freed when the receiver answers; its event stays
 //! leased until the outcome is written, so no claim takes it meanwhile.
 //!
-//! Prefetch: an organisation at its limit keeps up to `per_org_max` more claimed
-//! attempts ready (leased, not started); each starts in the slot the moment an attempt
-//! of its organisation is answered, in the same task, so a slot does not wait for a
-//! claim round trip. Shutdown gives their leases back.
+//! Prefetch: an organisation at its limit keeps up to a few rounds of `per_org_max`
+//! more claimed attempts ready (leased, not started; as many rounds as the lease
+//! outlasts, `scheduler::prefetch_rounds`); each starts in the slot the moment an
+//! attempt of its organisation is answered, in the same task, so a slot does not wait
+//! for a claim round trip. Shutdown gives their leases back.
 //!
 //! The decisions (limits, claim times, the backlog, which attempts start) live in
 //! [`scheduler`], a plain struct that takes `now`; the `Engine` here is its I/O: the
@@ -250,6 +251,9 @@ impl Engine {
         let limits = Limits {
             in_flight_max: config.in_flight_max,
             per_org_max: config.per_org_max,
+            ready_per_org_max: config
+                .per_org_max
+                .saturating_mul(scheduler::prefetch_rounds(config.lease, config.timeout)),
             poll_interval: config.poll_interval,
             outcomes_queued_max: OUTCOMES_QUEUED_MAX,
         };
