@@ -5,7 +5,7 @@
 //!
 //!   cargo bench --bench openloop -- --url http://127.0.0.1:8080/api/events --rate 10000 \
 //!       --seconds 10 --connections 32 --keys keys.txt [--body '{"type":..}']... [--method POST]
-//!       [--expect-status 400] [--threads 2]
+//!       [--expect-status 400] [--threads 2] [--tick-us 0]
 //!
 //! With --keys, requests rotate over the keys (X-API-Key); with several --body, over
 //! the bodies. Prints one line:
@@ -28,9 +28,12 @@
 //!
 //! Most of its CPU per request is the wake-ups, not the work: on the benchmark VM a
 //! sleep and wake-up costs some 35-40 µs of CPU, and at a fixed rate below the server's
-//! ceiling the thread has to wake at about every scheduled send (waking less often would
-//! make the sends late on purpose). So it costs close to what wrk costs near the ceiling,
-//! and more per request at a quarter of it.
+//! ceiling the thread wakes for about every scheduled send and every answer. So by
+//! default it costs close to what wrk costs near the ceiling, and more per request at a
+//! quarter of it. `--tick-us T` bounds the wake-ups to one per T per thread: every send
+//! and every read may then be up to T late, and since latency counts from the scheduled
+//! start, that lateness is charged to the server (each figure is pessimistic by up to
+//! 2 T), never hidden. scripts/bench uses 200 µs.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -49,6 +52,9 @@ struct Options {
     method: String,
     /// The status every answer must have; `None`: any 2xx.
     expect_status: Option<u16>,
+    /// Shortest time between two wake-ups of a thread (0: wake for every send and
+    /// every answer).
+    tick: Duration,
 }
 
 fn parse() -> Result<Options, String> {
@@ -86,6 +92,7 @@ fn parse() -> Result<Options, String> {
         }),
         bodies: args.windows(2).filter(|w| w[0] == "--body").map(|w| w[1].clone()).collect(),
         expect_status: get("--expect-status").and_then(|v| v.parse().ok()),
+        tick: Duration::from_micros(get("--tick-us").and_then(|v| v.parse().ok()).unwrap_or(0)),
     })
 }
 
@@ -442,6 +449,7 @@ impl Driver<'_> {
 
     fn run(mut self) -> Tally {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; self.connections.len().max(1)];
+        let mut woke = Instant::now();
         loop {
             // Every request of this thread's schedule that is due: first those of
             // connections that were busy when they came due, then the rest in order.
@@ -471,8 +479,16 @@ impl Driver<'_> {
             if next.is_none() && self.in_flight == 0 {
                 return self.tally;
             }
+            // With --tick-us, no wake-up comes sooner than a tick after the last one:
+            // sends and reads may be up to a tick late, and that lateness is counted.
+            let tick_end = woke + self.options.tick;
+            let now = Instant::now();
+            if now < tick_end {
+                std::thread::sleep(tick_end - now);
+            }
             let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
             let ready = self.poller.wait(&mut events, timeout);
+            woke = Instant::now();
             for event in &events[..ready] {
                 let (flags, slot) = (event.events, event.u64 as usize);
                 if flags & libc::EPOLLOUT as u32 != 0 {
