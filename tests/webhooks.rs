@@ -434,8 +434,7 @@ fn a_failed_attempt_logs_one_line_naming_organisation_event_and_status() {
 /// deliveries/s).
 #[test]
 fn a_claim_reads_only_the_head_of_a_backlog() {
-    use triggerd::delivery::store::{self, DeliveryStatements};
-    use triggerd::storage::pg::PrepareStatements;
+    use triggerd::delivery::store;
     let database = FreshDatabase::new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
@@ -466,27 +465,38 @@ fn a_claim_reads_only_the_head_of_a_backlog() {
             ))
             .await
             .unwrap();
-        // As on every connection of the server (`storage::pg::Target`).
+        // As on every connection of the server (`storage::pg::Target`), and as the engine
+        // opens its claiming connection.
         client.batch_execute("SET jit = off").await.unwrap();
-        // As the engine prepares its connection (the session's settings with them).
-        DeliveryStatements::prepare(&client).await.unwrap();
+        client.batch_execute(store::SESSION).await.unwrap();
         let (owner, lease_ms) = (uuid::Uuid::now_v7(), 60_000i64);
         let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
-        let (orgs, rooms, none) = (vec![org_id], vec![16i64], Vec::<uuid::Uuid>::new());
-        let claims: [(String, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>); 2] = [
-            (store::claim_orgs_sql(), vec![&owner, &now, &lease_ms, &16i64, &orgs, &rooms]),
-            (store::claim_due_sql(), vec![&owner, &now, &lease_ms, &64i64, &none, &16i64]),
+        // Prepared and executed, as the engine does: the plan is the generic one.
+        let claims = [
+            ("claim_orgs", store::claim_orgs_sql(), "int8[]", format!("ARRAY['{org_id}']::uuid[], ARRAY[16]::int8[]")),
+            ("claim_due", store::claim_due_sql(), "int8", "ARRAY[]::uuid[], 16".to_string()),
         ];
-        for (sql, parameters) in claims {
-            let explain = format!("EXPLAIN (ANALYZE) {sql}");
-            let plan: Vec<String> =
-                client.query(&explain, &parameters).await.unwrap().iter().map(|row| row.get(0)).collect();
-            let plan = plan.join("\n");
-            assert!(plan.contains("rows=16 "), "16 attempts claimed:\n{plan}");
+        for (name, sql, last_type, last_arguments) in claims {
+            client
+                .batch_execute(&format!("PREPARE {name} (uuid, int8, int8, int8, uuid[], {last_type}) AS {sql}"))
+                .await
+                .unwrap();
+            let explain = format!("EXPLAIN (ANALYZE) EXECUTE {name}('{owner}', {now}, {lease_ms}, 64, {last_arguments})");
+            let plan: Vec<String> = client.query(&explain, &[]).await.unwrap().iter().map(|row| row.get(0)).collect();
+            // "(actual time=… rows=R loops=L)": rows per loop, and loops.
+            let actual = |line: &str| -> Option<(u64, u64)> {
+                let measured = line.split("(actual").nth(1)?;
+                let number = |key: &str| measured.split(key).nth(1)?.split([' ', ')']).next()?.parse::<u64>().ok();
+                Some((number("rows=")?, number("loops=")?))
+            };
+            let plan_text = plan.join("\n");
+            assert_eq!(actual(&plan[0]), Some((16, 1)), "16 attempts claimed:\n{plan_text}");
+            let plan = plan_text;
             let rows: u64 = plan
                 .lines()
-                .filter(|l| l.contains(" on events_p") && l.contains("actual"))
-                .filter_map(|l| l.split("rows=").nth(2)?.split(' ').next()?.parse::<u64>().ok())
+                .filter(|l| l.contains(" on events_p"))
+                .filter_map(actual)
+                .map(|(rows, loops)| rows * loops)
                 .sum();
             assert!(rows <= 1_000, "{rows} rows read for a claim of 16 of a backlog of 20 000:\n{plan}");
         }

@@ -111,7 +111,8 @@ pub struct Engine {
     owner: Uuid,
     config: DeliveryConfig,
     client: WebhookClient,
-    /// The engine's own connection (claims, give-backs, stats), reopened when it closes.
+    /// The engine's own connection (claims, give-backs, stats), reopened when it closes;
+    /// with `store::SESSION`, so that a claim reads only the head of a backlog.
     connection: LazyConnection<DeliveryStatements>,
     /// The outcome writer's connection: a batch's commit does not queue in front of
     /// the next claim (PostgreSQL runs one connection's statements one at a time).
@@ -258,7 +259,7 @@ impl Engine {
             outcomes_queued_max: OUTCOMES_QUEUED_MAX,
         };
         Rc::new(Engine {
-            connection: LazyConnection::new(Rc::clone(&db)),
+            connection: LazyConnection::new(Rc::clone(&db)).with_session(store::SESSION),
             writer_connection: LazyConnection::new(db),
             owner: Uuid::now_v7(),
             client: WebhookClient::new(config.allow_private, config.timeout, config.per_org_max),

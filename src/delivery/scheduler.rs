@@ -35,8 +35,9 @@
 //!   starts the moment one of its organisation's slots frees, so a slot never waits for
 //!   a claim round trip. A ready attempt only exists while its organisation's slots are
 //!   all taken, and ready attempts start in order as those slots free, so one waits at
-//!   most one attempt's duration (`DeliveryConfig::timeout`) per round, and the rounds
-//!   are fewer than the lease holds timeouts, unless shutdown begins: then the ready
+//!   most one attempt's duration (`DeliveryConfig::timeout`) per round, and the lease
+//!   holds the rounds plus two timeouts (its own attempt, and one to spare), unless
+//!   shutdown begins: then the ready
 //!   attempts are given back. While the global room cuts claims short nothing is
 //!   prefetched, so the room is shared.
 //! - A claimed attempt that can neither start nor be kept ready is given back
@@ -71,8 +72,8 @@ pub struct Limits {
     pub in_flight_max: usize,
     /// Attempts of one organisation in flight at most; at least 1.
     pub per_org_max: usize,
-    /// Claimed attempts of one organisation kept ready at most; at least `per_org_max`
-    /// (`per_org_max * prefetch_rounds(..)`).
+    /// Claimed attempts of one organisation kept ready at most
+    /// (`per_org_max * prefetch_rounds(..)`; 0: no prefetch).
     pub ready_per_org_max: usize,
     /// Longest time between two claims of due attempts; not zero.
     pub poll_interval: Duration,
@@ -83,10 +84,12 @@ pub struct Limits {
 
 /// Rounds of an organisation's slots to keep ready: a ready attempt waits at most one
 /// attempt (`timeout`) per round before its own attempt, and its lease must outlast
-/// both, so at most `lease / timeout - 1`; at least 1, at most `PREFETCH_ROUNDS_MAX`.
+/// both with a whole timeout to spare (writing the outcome, the claim's own round
+/// trip), so `lease / timeout - 2` at most, and at most `PREFETCH_ROUNDS_MAX`. 0: no
+/// prefetch (a lease shorter than three timeouts).
 pub fn prefetch_rounds(lease: Duration, timeout: Duration) -> usize {
     let timeouts_per_lease = lease.as_nanos() / timeout.as_nanos().max(1);
-    (timeouts_per_lease.saturating_sub(1) as usize).clamp(1, PREFETCH_ROUNDS_MAX)
+    timeouts_per_lease.saturating_sub(2).min(PREFETCH_ROUNDS_MAX as u128) as usize
 }
 
 /// What follows an attempt's answer (`Scheduler::on_answered`).
@@ -176,10 +179,6 @@ impl Scheduler {
         assert!(limits.in_flight_max > 0, "in_flight_max must be at least 1");
         assert!(limits.outcomes_queued_max > 0, "outcomes_queued_max must be at least 1");
         assert!(limits.per_org_max > 0, "per_org_max must be at least 1");
-        assert!(
-            limits.ready_per_org_max >= limits.per_org_max,
-            "ready_per_org_max must be at least per_org_max"
-        );
         assert!(!limits.poll_interval.is_zero(), "poll_interval must not be zero");
         Scheduler {
             limits,
@@ -1006,9 +1005,9 @@ mod tests {
     fn prefetch_rounds_fit_in_the_lease() {
         let s = Duration::from_secs;
         assert_eq!(prefetch_rounds(s(60), s(10)), PREFETCH_ROUNDS_MAX);
-        assert_eq!(prefetch_rounds(s(30), s(10)), 2);
-        assert_eq!(prefetch_rounds(s(20), s(10)), 1);
-        assert_eq!(prefetch_rounds(s(11), s(10)), 1, "at least the slots' own round");
+        assert_eq!(prefetch_rounds(s(30), s(10)), 1);
+        assert_eq!(prefetch_rounds(s(29), s(10)), 0, "a ready attempt could outwait its lease");
+        assert_eq!(prefetch_rounds(s(11), s(10)), 0, "no prefetch");
         assert_eq!(prefetch_rounds(s(3600), Duration::ZERO), PREFETCH_ROUNDS_MAX);
     }
 
@@ -1034,7 +1033,7 @@ mod tests {
             let (in_flight_max, per_org_max) = (1 + seed as usize % 7, 1 + seed as usize % 3);
             let outcomes_queued_max = 1 + seed as usize % 5;
             let t0 = Instant::now();
-            let ready_per_org_max = per_org_max * (1 + seed as usize % PREFETCH_ROUNDS_MAX);
+            let ready_per_org_max = per_org_max * (seed as usize % (PREFETCH_ROUNDS_MAX + 1));
             let limits = Limits {
                 in_flight_max,
                 per_org_max,
