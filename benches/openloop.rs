@@ -33,7 +33,7 @@
 //! quarter of it. `--tick-us T` bounds the wake-ups to one per T per thread: every send
 //! and every read may then be up to T late, and since latency counts from the scheduled
 //! start, that lateness is charged to the server (each figure is pessimistic by up to
-//! 2 T), never hidden. scripts/bench uses 200 µs.
+//! 2 T), never hidden. scripts/bench uses 500 µs.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -189,8 +189,8 @@ fn response(input: &[u8]) -> Result<Option<(u16, usize)>, ()> {
 /// An epoll set whose events carry a connection's slot.
 struct Poller {
     fd: OwnedFd,
-    /// 0: not known yet; 1: `epoll_pwait2` works; 2: it does not (kernel before 5.11).
-    precise: u8,
+    /// `epoll_pwait2` is missing (kernel before 5.11): millisecond timeouts instead.
+    coarse: bool,
 }
 
 impl Poller {
@@ -202,19 +202,22 @@ impl Poller {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` was just opened and is owned by nothing else.
-        Ok(Poller { fd: unsafe { OwnedFd::from_raw_fd(fd) }, precise: 0 })
+        Ok(Poller { fd: unsafe { OwnedFd::from_raw_fd(fd) }, coarse: false })
     }
 
+    /// Registers or changes `fd`'s interest. A failure (out of kernel memory) ends the
+    /// run loudly: a connection left unregistered would never wake its thread again.
     fn control(&self, op: libc::c_int, fd: RawFd, events: u32, slot: usize) {
         let mut event = libc::epoll_event { events, u64: slot as u64 };
         // SAFETY: both fds are open; `event` is a live epoll_event for the call.
-        unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) };
+        let result = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) };
+        assert!(result == 0, "openloop: epoll_ctl: {}", std::io::Error::last_os_error());
     }
 
     /// Waits for events or `timeout` (`None`: no limit); returns how many are in `events`.
     fn wait(&mut self, events: &mut [libc::epoll_event], timeout: Option<Duration>) -> usize {
         let max = events.len().min(libc::c_int::MAX as usize) as libc::c_int;
-        let ready = if self.precise != 2 {
+        let ready = if !self.coarse {
             let timeout = timeout.map(|wait| libc::timespec {
                 tv_sec: wait.as_secs() as libc::time_t,
                 tv_nsec: wait.subsec_nanos() as libc::c_long,
@@ -233,10 +236,9 @@ impl Poller {
                 )
             };
             if ready < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-                self.precise = 2;
+                self.coarse = true;
                 return 0;
             }
-            self.precise = 1;
             ready
         } else {
             // Millisecond timeouts, rounded up: sends may be late by up to a tick (and
@@ -327,7 +329,7 @@ impl Driver<'_> {
             }
         }
         let c = &mut self.connections[slot];
-        let Some(stream) = c.stream.as_mut() else { return false };
+        let stream = c.stream.as_mut().expect("connected above");
         self.requests.put(c.index, c.done, &mut self.scratch);
         let written = match stream.write(&self.scratch) {
             Ok(n) if n > 0 => n,

@@ -8,10 +8,10 @@
 //! shortest wait of an interval: a burst that drains has short waits at its tail, a
 //! standing queue has none. While the shortest wait of the last interval is above the
 //! target (or nothing committed in a whole interval while events waited), a core admits
-//! events only while fewer than `floor` of its own wait (two full rounds of every
-//! writer, 2 048 by default, at most half the ring): enough to keep the writers busy
-//! and batch clients served, few enough that an admitted event's wait stays bounded
-//! (two commit rounds). The
+//! events only while fewer than `floor` of its own wait (`FLOOR_BATCHES` full batches,
+//! 2 048 by default, at most half the ring): enough to keep the writers busy and batch
+//! clients served, few enough that an admitted event's wait stays bounded (four commit
+//! rounds; the writers take turns). The
 //! others get 503 with `Retry-After` at once, instead of a 202 seconds late. A core
 //! with nothing waiting has no queue at all: it takes any request the ring can hold (a
 //! client sending 1 000-event batches one after another waits for its own commits,
@@ -21,6 +21,9 @@ use std::time::Duration;
 
 /// Length of an observation interval.
 pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// The floor in full batches (`--batch-events-max`): events a core always admits.
+pub const FLOOR_BATCHES: usize = 4;
 
 #[derive(Debug)]
 pub struct Shedding {

@@ -111,9 +111,9 @@ pub struct ServeConfig {
 
     /// Load shedding: when no event of the last 100 ms waited less than this for its
     /// commit (a standing queue), an HTTP core takes new events only while fewer than
-    /// 2 x --writers x --batch-events-max of its own wait (two full rounds of every
-    /// writer; at most half of --ring-capacity), and answers the rest 503 with
-    /// Retry-After at once. 0: off (only --ring-capacity bounds the queue).
+    /// 4 x --batch-events-max of its own wait (four full batches; at most half of
+    /// --ring-capacity), and answers the rest 503 with Retry-After at once. 0: off (only
+    /// --ring-capacity bounds the queue).
     #[arg(long, help_heading = "Limits", env = "TRIGGERD_QUEUE_TARGET_MS", default_value_t = 50)]
     pub queue_target_ms: u64,
 
@@ -127,7 +127,8 @@ pub struct ServeConfig {
 
     /// Batch writers, each with its own connection. They take turns (one batch in
     /// flight, so each commit carries everything that arrived during the previous one);
-    /// another sends beside it only when the batch in flight has run for 5 ms.
+    /// another sends beside it only when the batch in flight has run for 5 ms (a slow,
+    /// bisecting or full batch).
     #[arg(long, help_heading = "Database", env = "TRIGGERD_WRITERS", default_value_t = 2)]
     pub writers: usize,
 

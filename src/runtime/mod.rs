@@ -321,9 +321,10 @@ fn shard_settings(config: &ServeConfig, instance_id: u64) -> ShardSettings {
         signups_per_address_max: config.signups_per_address_max,
         instance_id,
         queue_target: (config.queue_target_ms > 0).then(|| Duration::from_millis(config.queue_target_ms)),
-        // Two full rounds of every writer: 16 clients sending 100-event batches back to
-        // back (1 600 waiting) are a busy write path, not a standing queue to shed.
-        queue_floor: 2 * config.writers * config.batch_events_max,
+        // Four full batches (the writers take turns, so a round is one batch): 16
+        // clients sending 100-event batches back to back (1 600 waiting) are a busy
+        // write path, not a standing queue to shed.
+        queue_floor: crate::handoff::shedding::FLOOR_BATCHES * config.batch_events_max,
         stream_keep_alive: Duration::from_millis(config.stream_keep_alive_ms),
     }
 }

@@ -46,7 +46,7 @@ pub struct ShardSettings {
     /// The wait for a commit above which a core's queue is standing (`None`: no
     /// shedding; `handoff::shedding`).
     pub queue_target: Option<std::time::Duration>,
-    /// Events a core admits even while its queue stands: two full rounds of every writer.
+    /// Events a core admits even while its queue stands: `shedding::FLOOR_BATCHES` full batches.
     pub queue_floor: usize,
     /// A keep-alive comment at least this often on an idle event stream.
     pub stream_keep_alive: std::time::Duration,

@@ -126,7 +126,7 @@ pub type OnStart = Box<dyn FnOnce(Rc<Db>) + Send>;
 pub struct StorageConfig {
     pub database: pg::Target,
     pub batch: BatchLimits,
-    /// Writer tasks, each with its own connection (2: one commits while one fills).
+    /// Writer tasks, each with its own connection; they take turns (`writer::turn`).
     pub writers: usize,
     /// Commands executing at once per lane (pipelined on the lane's connection).
     pub commands_in_flight_max: usize,

@@ -8,7 +8,7 @@
 //! time lets a batch collect everything that arrived during the previous commit.
 //!
 //! The second writer is there for the slow batch: one that bisects a refused event,
-//! waits on a lock or meets a slow disk. So a writer starts a batch when none is in
+//! waits on a lock, meets a slow disk, or is full under saturation. So a writer starts a batch when none is in
 //! flight, or when the newest one in flight has run for `overlap_after` already; a
 //! commit that slow no longer gains from waiting, and the events behind it should not
 //! wait for it.
@@ -16,8 +16,10 @@
 use std::time::{Duration, Instant};
 
 /// Longest a writer waits for the batch in flight before sending its own beside it.
-/// Commits on the bench machine take 0.3 to 3 ms under load; a batch past 5 ms is
-/// bisecting, waiting on a lock or on a slow disk.
+/// Commits on the bench machine take 0.3 to 3 ms at 64 connections; a batch past 5 ms
+/// is bisecting, waiting on a lock or on a slow disk, or is one of the full batches
+/// (512 events, ~9 ms) of a saturated write path, where two in flight keep PostgreSQL
+/// busy during each other's round trips.
 pub const OVERLAP_AFTER: Duration = Duration::from_millis(5);
 
 /// The batches in flight on one storage core, by start time.
