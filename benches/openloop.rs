@@ -5,12 +5,18 @@
 //!
 //!   cargo bench --bench openloop -- --url http://127.0.0.1:8080/api/events --rate 10000 \
 //!       --seconds 10 --connections 32 --keys keys.txt [--body '{"type":..}']... [--method POST]
-//!       [--expect-status 400] [--threads 2] [--tick-us 0]
+//!       [--expect-status 400] [--threads 2] [--tick-us 0] [--timeline seconds.csv]
 //!
 //! With --keys, requests rotate over the keys (X-API-Key); with several --body, over
 //! the bodies. Prints one line:
-//! `rate=<achieved> sent=<n> ok=<expected> errors=<other or failed> p50=.. p90=.. p99=.. p999=.. max=..`
-//! (latencies in µs). Exits 1 if any request was not answered as expected (any 2xx by
+//! `rate=<achieved> sent=<n> ok=<expected> errors=<other or failed> p50=.. p90=.. p99=.. p999=.. max=..
+//! | sent to answered: s50=.. s99=.. smax=..` (latencies in µs). The first figures count
+//! from each request's scheduled start; the `s` figures from when it was written to the
+//! socket, so they leave out the time a request waited for its connection: when `p99`
+//! is far above `s99`, the queue was in the generator (too few connections for the
+//! server's latency at that moment), not in the server. With --timeline, it also writes
+//! one CSV line per second of the schedule: `second,requests,max_us,max_sent_to_answered_us`.
+//! Exits 1 if any request was not answered as expected (any 2xx by
 //! default, or exactly --expect-status: scripts/bench sends refused events that way).
 //!
 //! Built like wrk, to cost the machine as little per request as it can: a few threads
@@ -55,6 +61,8 @@ struct Options {
     /// Shortest time between two wake-ups of a thread (0: wake for every send and
     /// every answer).
     tick: Duration,
+    /// Where to write the per-second CSV, if anywhere.
+    timeline: Option<String>,
 }
 
 fn parse() -> Result<Options, String> {
@@ -93,6 +101,7 @@ fn parse() -> Result<Options, String> {
         bodies: args.windows(2).filter(|w| w[0] == "--body").map(|w| w[1].clone()).collect(),
         expect_status: get("--expect-status").and_then(|v| v.parse().ok()),
         tick: Duration::from_micros(get("--tick-us").and_then(|v| v.parse().ok()).unwrap_or(0)),
+        timeline: get("--timeline"),
     })
 }
 
@@ -143,6 +152,8 @@ struct Connection {
     done: u64,
     /// The scheduled start of the request in flight.
     in_flight: Option<Instant>,
+    /// When the request in flight was written (its first byte).
+    sent_at: Instant,
     /// The unsent rest of the request in flight after a short write (rare).
     output: Vec<u8>,
     written: usize,
@@ -154,9 +165,41 @@ struct Connection {
 }
 
 struct Tally {
+    /// From the scheduled start to the answer (or failure), µs.
     latencies: Vec<u32>,
+    /// From the write to the answer, µs: the server's part (and the network's).
+    sent_to_answered: Vec<u32>,
+    /// Per second of the schedule: requests, the largest of each latency.
+    seconds: Vec<Second>,
     ok: u64,
     errors: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Second {
+    requests: u32,
+    max: u32,
+    max_sent_to_answered: u32,
+}
+
+impl Tally {
+    fn new(capacity: usize) -> Tally {
+        Tally {
+            latencies: Vec::with_capacity(capacity),
+            sent_to_answered: Vec::with_capacity(capacity),
+            seconds: Vec::new(),
+            ok: 0,
+            errors: 0,
+        }
+    }
+
+    fn failed() -> Tally {
+        Tally { errors: 1, ..Tally::new(0) }
+    }
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
 fn connect(host: &str) -> std::io::Result<TcpStream> {
@@ -282,9 +325,23 @@ impl Driver<'_> {
         self.start + Duration::from_nanos((at as f64 * self.spacing) as u64)
     }
 
-    fn record(&mut self, due: Instant, now: Instant) {
-        let latency = now.saturating_duration_since(due).as_micros();
-        self.tally.latencies.push(latency.min(u128::from(u32::MAX)) as u32);
+    /// Records a request scheduled at `due`, done at `now`, written at `sent` (`None`:
+    /// it failed before it was written).
+    fn record(&mut self, due: Instant, sent: Option<Instant>, now: Instant) {
+        let latency = micros(now.saturating_duration_since(due));
+        let sent_to_answered = sent.map_or(0, |sent| micros(now.saturating_duration_since(sent)));
+        self.tally.latencies.push(latency);
+        if sent.is_some() {
+            self.tally.sent_to_answered.push(sent_to_answered);
+        }
+        let second = due.saturating_duration_since(self.start).as_secs() as usize;
+        if self.tally.seconds.len() <= second {
+            self.tally.seconds.resize(second + 1, Second::default());
+        }
+        let s = &mut self.tally.seconds[second];
+        s.requests += 1;
+        s.max = s.max.max(latency);
+        s.max_sent_to_answered = s.max_sent_to_answered.max(sent_to_answered);
     }
 
     /// Sends the connection's next requests while it is idle and they are due (as of
@@ -349,13 +406,14 @@ impl Driver<'_> {
         }
         c.input.clear();
         c.in_flight = Some(due);
+        c.sent_at = Instant::now();
         self.in_flight += 1;
         true
     }
 
     /// The connection's request scheduled at `due` failed before it was sent.
     fn fail(&mut self, slot: usize, due: Instant) {
-        self.record(due, Instant::now());
+        self.record(due, None, Instant::now());
         self.tally.errors += 1;
         self.connections[slot].done += 1;
     }
@@ -367,11 +425,11 @@ impl Driver<'_> {
         let c = &mut self.connections[slot];
         let Some(due) = c.in_flight.take() else { return };
         c.done += 1;
-        let (index, done) = (c.index, c.done);
+        let (index, done, sent) = (c.index, c.done, c.sent_at);
         let next = (done < self.total).then(|| self.scheduled(index, done));
         self.in_flight -= 1;
         // Measured from the scheduled start: a late send counts as latency.
-        self.record(due, now);
+        self.record(due, Some(sent), now);
         match outcome {
             Ok(status)
                 if self.options.expect_status.map_or((200..=299).contains(&status), |s| s == status) =>
@@ -506,12 +564,12 @@ impl Driver<'_> {
 
 fn run_thread(options: &Options, requests: &Requests, indexes: Vec<usize>, start: Instant) -> Tally {
     let total = (options.rate * options.seconds / options.connections as f64) as u64;
-    let tally = Tally { latencies: Vec::with_capacity((total as usize) * indexes.len()), ok: 0, errors: 0 };
+    let tally = Tally::new((total as usize) * indexes.len());
     let poller = match Poller::new() {
         Ok(poller) => poller,
         Err(e) => {
             eprintln!("openloop: epoll: {e}");
-            return Tally { latencies: Vec::new(), ok: 0, errors: 1 };
+            return Tally::failed();
         }
     };
     let connections: Vec<Connection> = indexes
@@ -521,6 +579,7 @@ fn run_thread(options: &Options, requests: &Requests, indexes: Vec<usize>, start
             stream: connect(&options.host).ok(),
             done: 0,
             in_flight: None,
+            sent_at: start,
             output: Vec::new(),
             written: 0,
             input: Vec::new(),
@@ -569,32 +628,59 @@ fn main() {
                 scope.spawn(move || run_thread(options, requests, indexes, start))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(Tally { latencies: Vec::new(), ok: 0, errors: 1 }))
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Tally::failed())).collect()
     });
     let elapsed = start.elapsed().as_secs_f64();
-    let mut latencies: Vec<u32> = results.iter().flat_map(|t| t.latencies.iter().copied()).collect();
+    let gather = |part: fn(&Tally) -> &Vec<u32>| {
+        let mut all: Vec<u32> = results.iter().flat_map(|t| part(t).iter().copied()).collect();
+        all.sort_unstable();
+        all
+    };
+    let latencies = gather(|t| &t.latencies);
+    let sent_to_answered = gather(|t| &t.sent_to_answered);
     let ok: u64 = results.iter().map(|t| t.ok).sum();
     let errors: u64 = results.iter().map(|t| t.errors).sum();
-    latencies.sort_unstable();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+    let percentile = |sorted: &[u32], p: f64| {
+        sorted
+            .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };
     println!(
-        "rate={:.0} sent={} ok={ok} errors={errors} p50={} p90={} p99={} p999={} max={}",
+        "rate={:.0} sent={} ok={ok} errors={errors} p50={} p90={} p99={} p999={} max={} | sent to answered: s50={} s99={} smax={}",
         latencies.len() as f64 / elapsed,
         latencies.len(),
-        percentile(0.50),
-        percentile(0.90),
-        percentile(0.99),
-        percentile(0.999),
-        latencies.last().copied().unwrap_or(0)
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.90),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+        latencies.last().copied().unwrap_or(0),
+        percentile(&sent_to_answered, 0.50),
+        percentile(&sent_to_answered, 0.99),
+        sent_to_answered.last().copied().unwrap_or(0),
     );
+    if let Some(path) = &options.timeline {
+        let mut seconds: Vec<Second> = Vec::new();
+        for tally in &results {
+            if seconds.len() < tally.seconds.len() {
+                seconds.resize(tally.seconds.len(), Second::default());
+            }
+            for (total, s) in seconds.iter_mut().zip(&tally.seconds) {
+                total.requests += s.requests;
+                total.max = total.max.max(s.max);
+                total.max_sent_to_answered = total.max_sent_to_answered.max(s.max_sent_to_answered);
+            }
+        }
+        let csv: String = seconds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i},{},{},{}\n", s.requests, s.max, s.max_sent_to_answered))
+            .collect();
+        if let Err(e) = std::fs::write(path, csv) {
+            eprintln!("openloop: {path}: {e}");
+            std::process::exit(2);
+        }
+    }
     if errors > 0 {
         std::process::exit(1);
     }
