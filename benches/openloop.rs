@@ -152,7 +152,7 @@ struct Connection {
     done: u64,
     /// The scheduled start of the request in flight.
     in_flight: Option<Instant>,
-    /// When the request in flight was written (its first byte).
+    /// When the request in flight was written (read just after its first write call).
     sent_at: Instant,
     /// The unsent rest of the request in flight after a short write (rare).
     output: Vec<u8>,
