@@ -329,11 +329,9 @@ impl Driver<'_> {
     /// it failed before it was written).
     fn record(&mut self, due: Instant, sent: Option<Instant>, now: Instant) {
         let latency = micros(now.saturating_duration_since(due));
-        let sent_to_answered = sent.map_or(0, |sent| micros(now.saturating_duration_since(sent)));
+        let sent_to_answered = sent.map(|sent| micros(now.saturating_duration_since(sent)));
         self.tally.latencies.push(latency);
-        if sent.is_some() {
-            self.tally.sent_to_answered.push(sent_to_answered);
-        }
+        self.tally.sent_to_answered.extend(sent_to_answered);
         let second = due.saturating_duration_since(self.start).as_secs() as usize;
         if self.tally.seconds.len() <= second {
             self.tally.seconds.resize(second + 1, Second::default());
@@ -341,7 +339,7 @@ impl Driver<'_> {
         let s = &mut self.tally.seconds[second];
         s.requests += 1;
         s.max = s.max.max(latency);
-        s.max_sent_to_answered = s.max_sent_to_answered.max(sent_to_answered);
+        s.max_sent_to_answered = s.max_sent_to_answered.max(sent_to_answered.unwrap_or(0));
     }
 
     /// Sends the connection's next requests while it is idle and they are due (as of

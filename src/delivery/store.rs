@@ -15,8 +15,8 @@ use crate::handoff::commands::ATTEMPTS_KEPT;
 
 const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
 
-/// Settings of the engine's claiming connection (`Engine::connection`). A claim is `ORDER BY next_attempt_at LIMIT n` per
-/// organisation over every daily partition; the only plan that reads O(n) rows is a
+/// Settings of the engine's claiming connection (`Engine::connection`). A claim is
+/// `ORDER BY next_attempt_at LIMIT n` per organisation over every daily partition; the only plan that reads O(n) rows is a
 /// Merge Append of the partitions' `events_due` range scans. The statistics of
 /// `next_attempt_at` are mostly taken while little is due (an ANALYZE of a table whose
 /// events are pulled or delivered sees it all NULL), so the planner believes an

@@ -8,10 +8,10 @@
 //! time lets a batch collect everything that arrived during the previous commit.
 //!
 //! The second writer is there for the slow batch: one that bisects a refused event,
-//! waits on a lock, meets a slow disk, or is full under saturation. So a writer starts a batch when none is in
-//! flight, or when the newest one in flight has run for `overlap_after` already; a
-//! commit that slow no longer gains from waiting, and the events behind it should not
-//! wait for it.
+//! waits on a lock, meets a slow disk, or is full under saturation. So a writer starts
+//! a batch when none is in flight, or when the newest one in flight has run for
+//! `overlap_after` already; a commit that slow no longer gains from waiting, and the
+//! events behind it should not wait for it.
 
 use std::time::{Duration, Instant};
 
