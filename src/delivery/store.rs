@@ -31,8 +31,17 @@ const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
 /// read for a claim of 16 in `a_claim_reads_only_the_head_of_a_backlog`): so no hash or
 /// merge joins either; every statement of this connection finds its rows by index. (The
 /// outcome writer's connection needs none of this.)
-pub const SESSION: &str =
-    "SET enable_sort = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET plan_cache_mode = force_generic_plan";
+///
+/// And its commits do not wait for the WAL flush (`synchronous_commit = off`): what it
+/// writes is leases (claims and give-backs), and a lease lost in a crash of PostgreSQL
+/// only makes its attempt claimable again: a second delivery, which at-least-once
+/// allows (a crash between the receiver's answer and the outcome's commit does the
+/// same). An outcome, written on the other connection with the flush, is durable only
+/// with every WAL record before it, so a recorded outcome never loses its claim. A claim
+/// then waits for no fdatasync: push to 4 fast local receivers went from 8 812-10 863
+/// to 10 919-12 004 deliveries/s, in three pairs of runs taken in turn (issue 16).
+pub const SESSION: &str = "SET enable_sort = off; SET enable_hashjoin = off; SET enable_mergejoin = off; \
+     SET plan_cache_mode = force_generic_plan; SET synchronous_commit = off";
 
 /// An attempt this process holds the lease for.
 #[derive(Debug, Clone)]
