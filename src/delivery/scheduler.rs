@@ -37,8 +37,8 @@
 //!   all taken, and ready attempts start in order as those slots free, so one waits at
 //!   most one attempt's duration (`DeliveryConfig::timeout`) per round, and the lease
 //!   holds the rounds plus two timeouts (its own attempt, and one to spare), unless
-//!   shutdown begins: then the ready attempts are given back. While the global room cuts claims short nothing is
-//!   prefetched, so the room is shared.
+//!   shutdown begins: then the ready attempts are given back. While the global room
+//!   cuts claims short nothing is prefetched, so the room is shared.
 //! - A claimed attempt that can neither start nor be kept ready is given back
 //!   unattempted.
 //! - Claims are made one at a time (the engine awaits each), so an organisation never
