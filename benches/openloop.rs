@@ -182,6 +182,15 @@ struct Second {
     max_sent_to_answered: u32,
 }
 
+impl Second {
+    /// Counts `other`'s requests in this second, and keeps the larger maxima.
+    fn add(&mut self, other: Second) {
+        self.requests += other.requests;
+        self.max = self.max.max(other.max);
+        self.max_sent_to_answered = self.max_sent_to_answered.max(other.max_sent_to_answered);
+    }
+}
+
 impl Tally {
     fn new(capacity: usize) -> Tally {
         Tally {
@@ -336,10 +345,11 @@ impl Driver<'_> {
         if self.tally.seconds.len() <= second {
             self.tally.seconds.resize(second + 1, Second::default());
         }
-        let s = &mut self.tally.seconds[second];
-        s.requests += 1;
-        s.max = s.max.max(latency);
-        s.max_sent_to_answered = s.max_sent_to_answered.max(sent_to_answered.unwrap_or(0));
+        self.tally.seconds[second].add(Second {
+            requests: 1,
+            max: latency,
+            max_sent_to_answered: sent_to_answered.unwrap_or(0),
+        });
     }
 
     /// Sends the connection's next requests while it is idle and they are due (as of
@@ -664,9 +674,7 @@ fn main() {
                 seconds.resize(tally.seconds.len(), Second::default());
             }
             for (total, s) in seconds.iter_mut().zip(&tally.seconds) {
-                total.requests += s.requests;
-                total.max = total.max.max(s.max);
-                total.max_sent_to_answered = total.max_sent_to_answered.max(s.max_sent_to_answered);
+                total.add(*s);
             }
         }
         let csv: String = seconds
