@@ -398,6 +398,10 @@ fn leases_with_an_injected_clock() {
             .map(|row| row.get(0))
             .collect();
         assert_eq!(logged, [1, 2]);
+        // The leases are rows of their own (migration 0010): each recorded outcome
+        // deleted its lease; the stale owner's attempt deleted none of B's.
+        let leases: i64 = client.query_one("SELECT count(*) FROM delivery_leases", &[]).await.unwrap().get(0);
+        assert_eq!(leases, 0, "no lease outlives its recorded outcome");
         drop(client);
         let _ = driver.await;
     });
@@ -473,7 +477,12 @@ fn a_claim_reads_only_the_head_of_a_backlog() {
         let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
         // Prepared and executed, as the engine does: the plan is the generic one.
         let claims = [
-            ("claim_orgs", store::claim_orgs_sql(), "int8[]", format!("ARRAY['{org_id}']::uuid[], ARRAY[16]::int8[]")),
+            (
+                "claim_orgs",
+                store::claim_orgs_sql(),
+                "int8[], int8[]",
+                format!("ARRAY['{org_id}']::uuid[], ARRAY[16]::int8[], ARRAY[NULL]::int8[]"),
+            ),
             ("claim_due", store::claim_due_sql(), "int8", "ARRAY[]::uuid[], 16".to_string()),
         ];
         for (name, sql, last_type, last_arguments) in claims {
@@ -499,6 +508,26 @@ fn a_claim_reads_only_the_head_of_a_backlog() {
                 .sum();
             assert!(rows <= 1_000, "{rows} rows read for a claim of 16 of a backlog of 20 000:\n{text}");
         }
+        // An organisation claim that starts further on (the engine's `claim_start`)
+        // claims from there, oldest first, and says when each claimed attempt came due.
+        use triggerd::storage::pg::PrepareStatements;
+        let statements = store::DeliveryStatements::prepare(&client).await.unwrap();
+        let start: i64 = client
+            .query_one(
+                "SELECT (extract(epoch FROM next_attempt_at) * 1000000)::int8 FROM events
+                 WHERE org_id = $1 ORDER BY next_attempt_at OFFSET 10000 LIMIT 1",
+                &[&org_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let claimed =
+            store::claim_orgs(&client, &statements, owner, now, lease_ms, &[(org_id, 16, Some(start))]).await.unwrap();
+        let mut due_at: Vec<i64> = claimed.iter().map(|c| c.due_at_micros).collect();
+        due_at.sort_unstable();
+        assert_eq!(due_at.len(), 16);
+        assert_eq!(due_at[0], start, "the first claimed is the first due at the start");
+        assert_eq!(due_at[15] - due_at[0], 15, "then the next 15, one µs apart as inserted");
         drop(client);
         let _ = driver.await;
     });

@@ -29,6 +29,7 @@
 //! [`scheduler`], a plain struct that takes `now`; the `Engine` here is its I/O: the
 //! loop, the SQL and the tasks.
 
+mod claim_start;
 mod client;
 mod guard;
 pub(crate) mod metrics;
@@ -52,6 +53,7 @@ use uuid::Uuid;
 use crate::storage::pg::{Db, LazyConnection, Prepared};
 use crate::util::json::ObjectWriter;
 use crate::util::time::unix_micros;
+use claim_start::ClaimStarts;
 use client::WebhookClient;
 use metrics::DeliveryMetrics;
 use schedule::AttemptResult;
@@ -115,10 +117,13 @@ pub struct Engine {
     /// with `store::SESSION`, so that a claim reads only the head of a backlog.
     connection: LazyConnection<DeliveryStatements>,
     /// The outcome writer's connection: a batch's commit does not queue in front of
-    /// the next claim (PostgreSQL runs one connection's statements one at a time).
+    /// the next claim (PostgreSQL runs one connection's statements one at a time); with
+    /// `store::WRITER_SESSION`.
     writer_connection: LazyConnection<DeliveryStatements>,
     /// Counts, limits and claim times. Borrowed only between awaits.
     scheduler: RefCell<Scheduler>,
+    /// Where each organisation claim starts reading. Borrowed only between awaits.
+    claim_starts: RefCell<ClaimStarts>,
     /// Woken by a completion that asks for a claim (the scheduler moved its wake-up, or
     /// has an organisation claim to make).
     wake: Notify,
@@ -260,10 +265,11 @@ impl Engine {
         };
         Rc::new(Engine {
             connection: LazyConnection::new(Rc::clone(&db)).with_session(store::SESSION),
-            writer_connection: LazyConnection::new(db),
+            writer_connection: LazyConnection::new(db).with_session(store::WRITER_SESSION),
             owner: Uuid::now_v7(),
             client: WebhookClient::new(config.allow_private, config.timeout, config.per_org_max),
             scheduler: RefCell::new(Scheduler::new(limits, Instant::now())),
+            claim_starts: RefCell::default(),
             config,
             wake: Notify::new(),
             outcomes: RefCell::default(),
@@ -417,16 +423,27 @@ impl Engine {
     /// due, if the scheduler has such a claim.
     async fn claim_orgs(self: &Rc<Self>) {
         let Some(request) = self.scheduler().org_claim() else { return };
+        let now = Instant::now();
+        let orgs: Vec<(Uuid, usize, Option<i64>)> = {
+            let mut starts = self.claim_starts.borrow_mut();
+            request.orgs.iter().map(|(org, asked)| (*org, *asked, starts.start(*org, now))).collect()
+        };
         let claimed = match self.connection().await {
             Ok(c) => {
                 let lease_ms = self.config.lease.as_millis() as i64;
-                store::claim_orgs(&c.client, &c.statements, self.owner, now_micros(), lease_ms, &request.orgs)
-                    .await
+                store::claim_orgs(&c.client, &c.statements, self.owner, now_micros(), lease_ms, &orgs).await
             }
             Err(e) => Err(e),
         };
         match claimed {
             Ok(claimed) => {
+                let mut starts = self.claim_starts.borrow_mut();
+                for (org, asked) in &request.orgs {
+                    let due_at: Vec<i64> =
+                        claimed.iter().filter(|c| c.org_id == *org).map(|c| c.due_at_micros).collect();
+                    starts.claimed(*org, *asked, &due_at, now);
+                }
+                drop(starts);
                 let orgs: Vec<Uuid> = claimed.iter().map(|c| c.org_id).collect();
                 let admissions = self.scheduler().on_org_claimed(&request, &orgs);
                 self.carry_out(claimed, admissions);
@@ -654,6 +671,7 @@ mod tests {
             webhook_url: None,
             signing_secret: String::new(),
             previous_secret: None,
+            due_at_micros: 0,
         };
         assert_eq!(
             String::from_utf8(delivery_body(&claimed)).unwrap(),

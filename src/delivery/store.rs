@@ -2,10 +2,20 @@
 //! parameter instead of calling `now()`, so leases and schedules are tested with an
 //! injected clock against a real PostgreSQL.
 //!
-//! An attempt is claimed by setting a lease (`lease_owner`, `lease_until`) in the same
-//! statement that selects it `FOR UPDATE SKIP LOCKED`: two processes never claim the
+//! An attempt is claimed by the statement that selects it `FOR UPDATE SKIP LOCKED`: it
+//! inserts a lease row (`delivery_leases`: owner, until), or takes over one that
+//! expired. The lease row is the arbiter: two processes never hold a live lease on the
 //! same attempt, and a process that dies mid-delivery loses its leases when they expire.
-//! Outcomes are recorded only by the lease's owner.
+//! The event row itself is only locked, never rewritten, by a claim (migration 0010).
+//! Outcomes are recorded only by the lease's owner, and delete the lease.
+//!
+//! Every statement that writes both takes the event row's lock before the lease's (a
+//! claim locks the event in its scan; an outcome updates the event, then deletes the
+//! lease; so does a redelivery), so they never deadlock. The price is one race, and only
+//! on an expired lease: an outcome whose statement started before another process took
+//! the lease over is still recorded, and the new owner delivers again. At-least-once
+//! allows that second delivery; a lease expires only when an attempt outlives
+//! `--delivery-lease-ms`.
 
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
@@ -30,7 +40,7 @@ const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
 /// claimed rows back to `events` by hashing a scan of the whole partition (40 000 rows
 /// read for a claim of 16 in `a_claim_reads_only_the_head_of_a_backlog`): so no hash or
 /// merge joins either; every statement of this connection finds its rows by index. (The
-/// outcome writer's connection needs none of this.)
+/// outcome writer's connection has its own, `WRITER_SESSION`.)
 ///
 /// And its commits do not wait for the WAL flush (`synchronous_commit = off`): what it
 /// writes is leases (claims and give-backs), and a lease lost in a crash of PostgreSQL
@@ -42,6 +52,14 @@ const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
 /// to 10 919-12 004 deliveries/s, in three pairs of runs taken in turn (issue 16).
 pub const SESSION: &str = "SET enable_sort = off; SET enable_hashjoin = off; SET enable_mergejoin = off; \
      SET plan_cache_mode = force_generic_plan; SET synchronous_commit = off";
+
+/// Settings of the engine's outcome writer connection: each outcome deletes its lease
+/// found by primary key (`RELEASE_RECORDED`). A batch of outcomes is small and the
+/// lease table is churned (a row inserted and deleted per attempt, pages reclaimed only
+/// by vacuum), so a hash or merge join reading the whole lease table costs more than
+/// every probe of the batch.
+pub const WRITER_SESSION: &str =
+    "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off";
 
 /// An attempt this process holds the lease for.
 #[derive(Debug, Clone)]
@@ -62,6 +80,9 @@ pub struct Claimed {
     pub signing_secret: String,
     /// The secret a rotation replaced, while it still signs (24 h).
     pub previous_secret: Option<String>,
+    /// When the attempt came due (µs since the epoch): where the engine's next claim
+    /// for the organisation may start reading (`claim_orgs`).
+    pub due_at_micros: i64,
 }
 
 impl Claimed {
@@ -116,25 +137,53 @@ pub struct DeliveryStatements {
 
 fn claim_sql(due: &str) -> String {
     format!(
-        "WITH due AS ({due})
-         UPDATE events e SET lease_owner = $1, lease_until = {NOW} + $3::int8 * interval '1 millisecond'
-         FROM due, organizations o
-         WHERE e.org_id = due.org_id AND e.id = due.id AND o.org_id = e.org_id
-         RETURNING e.org_id, e.id, e.type, e.payload::text,
-                   (extract(epoch FROM e.created_at) * 1000000)::int8, e.attempts,
-                   o.webhook_url, o.signing_secret,
-                   CASE WHEN o.previous_secret_expires_at > {NOW} THEN o.previous_signing_secret END,
-                   e.retry_from"
+        "WITH due AS ({due}),
+         leased AS (
+             INSERT INTO delivery_leases AS l (org_id, event_id, owner, until)
+             SELECT org_id, id, $1, {NOW} + $3::int8 * interval '1 millisecond' FROM due
+             ON CONFLICT (org_id, event_id) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                 WHERE l.until < {NOW}
+             RETURNING l.org_id, l.event_id)
+         SELECT e.org_id, e.id, e.type, e.payload::text,
+                (extract(epoch FROM e.created_at) * 1000000)::int8, e.attempts,
+                o.webhook_url, o.signing_secret,
+                CASE WHEN o.previous_secret_expires_at > {NOW} THEN o.previous_signing_secret END,
+                e.retry_from, coalesce((extract(epoch FROM e.next_attempt_at) * 1000000)::int8, 0)
+         FROM leased
+         JOIN events e ON e.org_id = leased.org_id AND e.id = leased.event_id
+         JOIN organizations o ON o.org_id = e.org_id"
     )
 }
 
-/// Shared condition: a pending delivery whose attempt nobody holds.
-const CLAIMABLE: &str = "e.status = 'pending' AND (e.lease_until IS NULL OR e.lease_until < {NOW})";
+/// Shared condition: a pending delivery whose attempt nobody holds (no lease, or one
+/// that expired).
+///
+/// This and `OWNED` probe the lease's primary key once per event: `OFFSET 0` keeps
+/// the subquery a per-row subplan. Pulled up into a join, its generic plan read every
+/// lease row of the organisation per claim (1 ms per organisation once the churned
+/// table had a thousand pages), or every lease row of the owner per outcome batch and
+/// compared it with each outcome (95 ms for a batch of 256).
+const CLAIMABLE: &str = "e.status = 'pending' AND NOT EXISTS (
+    SELECT 1 FROM delivery_leases l
+    WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.until >= {NOW} OFFSET 0)";
 
+/// The condition of an outcome: `owner` ($1) holds the lease of the event `e`.
+const OWNED: &str = "EXISTS (
+    SELECT 1 FROM delivery_leases l WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.owner = $1 OFFSET 0)";
+
+/// Deletes the leases of the rows of CTE `recorded` (`org_id`, `id`) held by $1.
+const RELEASE_RECORDED: &str = "DELETE FROM delivery_leases l USING recorded r
+             WHERE l.org_id = r.org_id AND l.event_id = r.id AND l.owner = $1";
+
+/// The outcome `set` of event $3/$4 if $1 holds its lease, as CTE `recorded`
+/// (`org_id`, `id`, `attempts`), and the lease deleted.
 fn only_owner(set: &str) -> String {
     format!(
-        "UPDATE events SET {set}, lease_owner = NULL, lease_until = NULL
-         WHERE org_id = $3 AND id = $4 AND lease_owner = $1 AND $2::int8 IS NOT NULL"
+        "WITH recorded AS (
+             UPDATE events e SET {set}
+             WHERE e.org_id = $3 AND e.id = $4 AND {OWNED} AND $2::int8 IS NOT NULL
+             RETURNING e.org_id, e.id, e.attempts),
+         released AS ({RELEASE_RECORDED})"
     )
 }
 
@@ -144,7 +193,7 @@ fn only_owner(set: &str) -> String {
 /// last 50 are kept.
 fn logged(set: &str) -> String {
     format!(
-        "WITH recorded AS ({} RETURNING org_id, id, attempts)
+        "{}
          INSERT INTO delivery_attempts AS a
              (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
          SELECT org_id, id, attempts % {ATTEMPTS_KEPT}, attempts,
@@ -190,11 +239,11 @@ fn record_batch_sql() -> String {
                  next_attempt_at = CASE WHEN i.kind = 1 AND e.status <> 'delivered'
                                         THEN {NOW} + i.delay_ms * interval '1 millisecond' END,
                  last_error = CASE WHEN i.kind = 0 THEN NULL WHEN i.kind = 4 THEN e.last_error
-                                   ELSE i.last_error END,
-                 lease_owner = NULL, lease_until = NULL
+                                   ELSE i.last_error END
              FROM input i
-             WHERE e.org_id = i.org_id AND e.id = i.id AND e.lease_owner = $1
+             WHERE e.org_id = i.org_id AND e.id = i.id AND {OWNED}
              RETURNING e.org_id, e.id, e.attempts, i.kind, i.attempted_at, i.status_code, i.error, i.duration_ms),
+         released AS ({RELEASE_RECORDED}),
          logged AS (
              INSERT INTO delivery_attempts AS a
                  (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
@@ -227,15 +276,17 @@ pub fn claim_due_sql() -> String {
 
 /// The statement of an organisation claim (public so a test can EXPLAIN it): the
 /// listed organisations ($5, with a webhook), each its oldest due attempts, at most its
-/// own count ($6).
+/// own count ($6), due from its own start ($7, µs; NULL: the oldest).
 pub fn claim_orgs_sql() -> String {
     let claimable = CLAIMABLE.replace("{NOW}", NOW);
     claim_sql(&format!(
-        "SELECT d.org_id, d.id FROM unnest($5::uuid[], $6::int8[]) AS r(org_id, room)
+        "SELECT d.org_id, d.id FROM unnest($5::uuid[], $6::int8[], $7::int8[]) AS r(org_id, room, after)
          JOIN organizations o ON o.org_id = r.org_id
          CROSS JOIN LATERAL (
              SELECT e.org_id, e.id FROM events e
-             WHERE e.org_id = r.org_id AND e.next_attempt_at <= {NOW} AND {claimable}
+             WHERE e.org_id = r.org_id AND e.next_attempt_at <= {NOW}
+               AND e.next_attempt_at >= coalesce(timestamptz 'epoch' + r.after * interval '1 microsecond', '-infinity')
+               AND {claimable}
              ORDER BY e.next_attempt_at LIMIT r.room FOR UPDATE SKIP LOCKED) d
          WHERE o.webhook_url IS NOT NULL AND $4::int8 IS NOT NULL"
     ))
@@ -256,10 +307,7 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                 )))
                 .await?,
             release: client
-                .prepare(
-                    "UPDATE events SET lease_owner = NULL, lease_until = NULL
-                     WHERE org_id = $2 AND id = $3 AND lease_owner = $1",
-                )
+                .prepare("DELETE FROM delivery_leases WHERE org_id = $2 AND event_id = $3 AND owner = $1")
                 .await?,
             delivered: client
                 .prepare(&logged(&format!(
@@ -285,7 +333,9 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                     "attempts = attempts + 1, last_error = $9::text, next_attempt_at = NULL",
                 ))
                 .await?,
-            push_off: client.prepare(&only_owner("next_attempt_at = NULL")).await?,
+            push_off: client
+                .prepare(&format!("{} SELECT 1 FROM recorded", only_owner("next_attempt_at = NULL")))
+                .await?,
             record_batch: client.prepare(&record_batch_sql()).await?,
             switch_off: client.prepare(crate::storage::queries::SWITCH_OFF_SQL).await?,
             // Per organisation, then summed: the totals, the largest, and how many
@@ -323,6 +373,7 @@ fn rows_to_claimed(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Claimed>, tokio
                 signing_secret: row.try_get(7)?,
                 previous_secret: row.try_get(8)?,
                 retry_from: row.try_get(9)?,
+                due_at_micros: row.try_get(10)?,
             })
         })
         .collect()
@@ -347,20 +398,22 @@ pub async fn claim_due(
     rows_to_claimed(rows)
 }
 
-/// Claims, of each organisation `(org, n)` in `orgs`, up to `n` due attempts, oldest first.
+/// Claims, of each organisation `(org, n, after)` in `orgs`, up to `n` due attempts,
+/// oldest first, of those due at `after` (µs) or later (`None`: all).
 pub async fn claim_orgs(
     client: &Client,
     statements: &DeliveryStatements,
     owner: Uuid,
     now_micros: i64,
     lease_ms: i64,
-    orgs: &[(Uuid, usize)],
+    orgs: &[(Uuid, usize, Option<i64>)],
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
-    let ids: Vec<Uuid> = orgs.iter().map(|(org, _)| *org).collect();
-    let rooms: Vec<i64> = orgs.iter().map(|(_, n)| *n as i64).collect();
+    let ids: Vec<Uuid> = orgs.iter().map(|(org, ..)| *org).collect();
+    let rooms: Vec<i64> = orgs.iter().map(|(_, n, _)| *n as i64).collect();
+    let afters: Vec<Option<i64>> = orgs.iter().map(|(.., after)| *after).collect();
     let total: i64 = rooms.iter().sum();
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-        [&owner, &now_micros, &lease_ms, &total, &ids, &rooms];
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&owner, &now_micros, &lease_ms, &total, &ids, &rooms, &afters];
     let rows = client.query(&statements.claim_orgs, &parameters).await?;
     rows_to_claimed(rows)
 }
