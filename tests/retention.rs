@@ -227,11 +227,12 @@ fn delivery_leases_without_an_outcome_go_a_day_after_expiry_without_waiting() {
             (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
         client
             .batch_execute(&format!(
-                "INSERT INTO delivery_leases (org_id, event_id, owner, until) VALUES
-                     ('{org}', '{old}', '{org}', now() - interval '2 days'),
-                     ('{org}', '{held}', '{org}', now() - interval '2 days'),
-                     ('{org}', '{recent}', '{org}', now() - interval '1 hour'),
-                     ('{org}', '{live}', '{org}', now() + interval '1 minute')"
+                "INSERT INTO delivery_leases (org_id, event_id, owner, until, due_at, attempts, retry_from)
+                 SELECT '{org}', event_id, '{org}', until, until, 0, 0 FROM (VALUES
+                     ('{old}'::uuid, now() - interval '2 days'),
+                     ('{held}', now() - interval '2 days'),
+                     ('{recent}', now() - interval '1 hour'),
+                     ('{live}', now() + interval '1 minute')) AS l(event_id, until)"
             ))
             .await
             .unwrap();

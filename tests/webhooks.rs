@@ -408,6 +408,82 @@ fn leases_with_an_injected_clock() {
 }
 
 #[test]
+fn an_outcome_waiting_on_a_redelivery_is_dropped_and_the_redelivery_stays_due() {
+    use triggerd::delivery::store::{self, DeliveryStatements, Record};
+    use triggerd::storage::pg::PrepareStatements;
+    let database = FreshDatabase::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client
+        };
+        let mut client = connect().await;
+        triggerd::storage::migrations::migrate(&mut client).await.unwrap();
+        let (org_id, event_id, owner) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        client
+            .batch_execute(&format!(
+                "INSERT INTO organizations (org_id, name, tier, rate_limit_per_minute, webhook_url, signing_secret)
+                 VALUES ('{org_id}', 'redelivered', 'pro', 1000, 'http://127.0.0.1:9/', 'whsec_x');
+                 INSERT INTO events (org_id, id, type, payload, created_at, next_attempt_at)
+                 VALUES ('{org_id}', '{event_id}', 't', '{{}}', now(), now());"
+            ))
+            .await
+            .unwrap();
+        let statements = DeliveryStatements::prepare(&client).await.unwrap();
+        let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
+        let claimed = store::claim_due(&client, &statements, owner, now, 60_000, 10, 8, &[]).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        // A redelivery (as `storage::control`'s statement writes it: the event due again,
+        // the attempt in flight unleased) holds the event's row lock while the attempt's
+        // outcome is written.
+        let operator = connect().await;
+        operator
+            .batch_execute(&format!(
+                "BEGIN;
+                 UPDATE events SET status = 'pending', next_attempt_at = now(), retry_from = attempts
+                 WHERE org_id = '{org_id}' AND id = '{event_id}';
+                 DELETE FROM delivery_leases WHERE org_id = '{org_id}' AND event_id = '{event_id}';"
+            ))
+            .await
+            .unwrap();
+        let attempt = store::AttemptLog { attempted_at_micros: now, status_code: Some(204), error: None, duration_ms: 1 };
+        let outcome = store::record(&client, &statements, owner, now, org_id, event_id, &Record::Delivered, &attempt);
+        let observer = connect().await;
+        let commit_once_waiting = async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let waiting: i64 = observer
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if waiting > 0 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the outcome never waited for the redelivery");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            operator.batch_execute("COMMIT").await.unwrap();
+        };
+        let (recorded, ()) = tokio::join!(outcome, commit_once_waiting);
+        assert!(!recorded.unwrap(), "the outcome of the attempt before the redelivery is not recorded");
+        let row = client
+            .query_one("SELECT status, next_attempt_at IS NOT NULL FROM events WHERE id = $1", &[&event_id])
+            .await
+            .unwrap();
+        assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("pending".to_string(), true), "still due");
+        let claimed = store::claim_due(&client, &statements, owner, now + 1_000_000, 60_000, 10, 8, &[]).await.unwrap();
+        assert_eq!(claimed.len(), 1, "the redelivery is claimed");
+    });
+}
+
+#[test]
 fn a_failed_attempt_logs_one_line_naming_organisation_event_and_status() {
     // Regression: webhook failures were invisible in the logs at every level.
     let database = FreshDatabase::new();

@@ -26,6 +26,7 @@ pub const HEAD_EVERY: Duration = Duration::from_secs(1);
 /// Organisations whose start is kept, at most; past it, the expired go, then all.
 const KEPT_MAX: usize = 4096;
 
+/// One organisation's start.
 #[derive(Debug, Clone, Copy)]
 struct Start {
     /// When the newest attempt claimed came due (µs since the epoch).
@@ -34,8 +35,12 @@ struct Start {
     until: Instant,
 }
 
+/// The engine's starts, by organisation. Owned by the engine (`Engine::claim_starts`),
+/// for the life of the process.
 #[derive(Debug, Default)]
 pub struct ClaimStarts {
+    /// Kept while they last (`HEAD_EVERY`) and while claims get all they ask for; at
+    /// most `KEPT_MAX`.
     starts: AHashMap<Uuid, Start>,
 }
 

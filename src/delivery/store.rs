@@ -3,19 +3,29 @@
 //! injected clock against a real PostgreSQL.
 //!
 //! An attempt is claimed by the statement that selects it `FOR UPDATE SKIP LOCKED`: it
-//! inserts a lease row (`delivery_leases`: owner, until), or takes over one that
-//! expired. The lease row is the arbiter: two processes never hold a live lease on the
-//! same attempt, and a process that dies mid-delivery loses its leases when they expire.
-//! The event row itself is only locked, never rewritten, by a claim (migration 0010).
-//! Outcomes are recorded only by the lease's owner, and delete the lease.
+//! inserts a lease row (`delivery_leases`), or takes over one that expired. The lease
+//! row is the arbiter: two processes never hold a live lease on the same attempt, and a
+//! process that dies mid-delivery loses its leases when they expire. The event row
+//! itself is only locked, never rewritten, by a claim (migration 0010). The lease names
+//! its owner and the attempt: when it came due, and the event's attempt counts, as the
+//! row lock read them (the newest version, where the statement's snapshot may be
+//! older). Outcomes are recorded only by the lease's owner, and delete the lease.
 //!
-//! Every statement that writes both takes the event row's lock before the lease's (a
-//! claim locks the event in its scan; an outcome updates the event, then deletes the
-//! lease; so does a redelivery), so they never deadlock. The price is one race, and only
-//! on an expired lease: an outcome whose statement started before another process took
-//! the lease over is still recorded, and the new owner delivers again. At-least-once
-//! allows that second delivery; a lease expires only when an attempt outlives
-//! `--delivery-lease-ms`.
+//! An outcome is recorded only while the event is still scheduled for the attempt its
+//! lease was for (`OWNED`): a redelivery or replay that commits while the outcome waits
+//! for the event's row lock moves `next_attempt_at`, and PostgreSQL rechecks that on the
+//! row's new version (not the lease, which it reads in the statement's snapshot). So the
+//! outcome is dropped and the redelivery happens, as the request was answered.
+//!
+//! No deadlock: a lease row is written only by a statement holding its event's row lock
+//! (a claim locks it in its scan; an outcome, a redelivery or a replay updates the
+//! event first), and event row locks exclude each other, so no two of these ever wait
+//! for one lease. The two exceptions hold no event lock: a give-back (`release`) writes
+//! one lease and nothing else, and maintenance's sweep skips locked leases. The price is
+//! one race, and only on an expired lease: an outcome whose statement started before
+//! another process took the lease over is still recorded, and the new owner delivers
+//! again. At-least-once allows that second delivery; a lease expires only when an
+//! attempt outlives `--delivery-lease-ms`.
 
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
@@ -135,20 +145,25 @@ pub struct DeliveryStatements {
     due_stats: Statement,
 }
 
+/// A claim of the rows of `due` (`org_id`, `id`, `next_attempt_at`, `attempts`,
+/// `retry_from`, read under the row lock).
 fn claim_sql(due: &str) -> String {
     format!(
         "WITH due AS ({due}),
          leased AS (
-             INSERT INTO delivery_leases AS l (org_id, event_id, owner, until)
-             SELECT org_id, id, $1, {NOW} + $3::int8 * interval '1 millisecond' FROM due
-             ON CONFLICT (org_id, event_id) DO UPDATE SET owner = excluded.owner, until = excluded.until
+             INSERT INTO delivery_leases AS l (org_id, event_id, owner, until, due_at, attempts, retry_from)
+             SELECT org_id, id, $1, {NOW} + $3::int8 * interval '1 millisecond', next_attempt_at, attempts, retry_from
+             FROM due
+             ON CONFLICT (org_id, event_id) DO UPDATE
+                 SET owner = excluded.owner, until = excluded.until, due_at = excluded.due_at,
+                     attempts = excluded.attempts, retry_from = excluded.retry_from
                  WHERE l.until < {NOW}
-             RETURNING l.org_id, l.event_id)
+             RETURNING l.org_id, l.event_id, l.due_at, l.attempts, l.retry_from)
          SELECT e.org_id, e.id, e.type, e.payload::text,
-                (extract(epoch FROM e.created_at) * 1000000)::int8, e.attempts,
+                (extract(epoch FROM e.created_at) * 1000000)::int8, leased.attempts,
                 o.webhook_url, o.signing_secret,
                 CASE WHEN o.previous_secret_expires_at > {NOW} THEN o.previous_signing_secret END,
-                e.retry_from, coalesce((extract(epoch FROM e.next_attempt_at) * 1000000)::int8, 0)
+                leased.retry_from, (extract(epoch FROM leased.due_at) * 1000000)::int8
          FROM leased
          JOIN events e ON e.org_id = leased.org_id AND e.id = leased.event_id
          JOIN organizations o ON o.org_id = e.org_id"
@@ -167,9 +182,13 @@ const CLAIMABLE: &str = "e.status = 'pending' AND NOT EXISTS (
     SELECT 1 FROM delivery_leases l
     WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.until >= {NOW} OFFSET 0)";
 
-/// The condition of an outcome: `owner` ($1) holds the lease of the event `e`.
+/// The condition of an outcome: `owner` ($1) holds the lease of the event `e`, and the
+/// event is still scheduled for that attempt, or off the schedule (acknowledged, push
+/// switched off): not rescheduled since the claim (see the module's comment).
 const OWNED: &str = "EXISTS (
-    SELECT 1 FROM delivery_leases l WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.owner = $1 OFFSET 0)";
+    SELECT 1 FROM delivery_leases l
+    WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.owner = $1
+      AND (e.next_attempt_at IS NULL OR e.next_attempt_at = l.due_at) OFFSET 0)";
 
 /// Deletes the leases of the rows of CTE `recorded` (`org_id`, `id`) held by $1.
 const RELEASE_RECORDED: &str = "DELETE FROM delivery_leases l USING recorded r
@@ -264,9 +283,9 @@ fn record_batch_sql() -> String {
 pub fn claim_due_sql() -> String {
     let claimable = CLAIMABLE.replace("{NOW}", NOW);
     claim_sql(&format!(
-        "SELECT d.org_id, d.id FROM organizations o
+        "SELECT d.org_id, d.id, d.next_attempt_at, d.attempts, d.retry_from FROM organizations o
          CROSS JOIN LATERAL (
-             SELECT e.org_id, e.id, e.next_attempt_at FROM events e
+             SELECT e.org_id, e.id, e.next_attempt_at, e.attempts, e.retry_from FROM events e
              WHERE e.org_id = o.org_id AND e.next_attempt_at <= {NOW} AND {claimable}
              ORDER BY e.next_attempt_at LIMIT $6 FOR UPDATE SKIP LOCKED) d
          WHERE o.webhook_url IS NOT NULL AND o.org_id <> ALL($5::uuid[])
@@ -280,10 +299,11 @@ pub fn claim_due_sql() -> String {
 pub fn claim_orgs_sql() -> String {
     let claimable = CLAIMABLE.replace("{NOW}", NOW);
     claim_sql(&format!(
-        "SELECT d.org_id, d.id FROM unnest($5::uuid[], $6::int8[], $7::int8[]) AS r(org_id, room, after)
+        "SELECT d.org_id, d.id, d.next_attempt_at, d.attempts, d.retry_from
+         FROM unnest($5::uuid[], $6::int8[], $7::int8[]) AS r(org_id, room, after)
          JOIN organizations o ON o.org_id = r.org_id
          CROSS JOIN LATERAL (
-             SELECT e.org_id, e.id FROM events e
+             SELECT e.org_id, e.id, e.next_attempt_at, e.attempts, e.retry_from FROM events e
              WHERE e.org_id = r.org_id AND e.next_attempt_at <= {NOW}
                AND e.next_attempt_at >= coalesce(timestamptz 'epoch' + r.after * interval '1 microsecond', '-infinity')
                AND {claimable}
@@ -300,7 +320,7 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
             claim_orgs: client.prepare(&claim_orgs_sql()).await?,
             claim_ids: client
                 .prepare(&claim_sql(&format!(
-                    "SELECT e.org_id, e.id FROM events e
+                    "SELECT e.org_id, e.id, e.next_attempt_at, e.attempts, e.retry_from FROM events e
                      JOIN unnest($4::uuid[], $5::uuid[]) AS w(org_id, id) ON e.org_id = w.org_id AND e.id = w.id
                      WHERE e.next_attempt_at IS NOT NULL AND {claimable}
                      FOR UPDATE OF e SKIP LOCKED"

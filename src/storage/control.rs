@@ -24,10 +24,11 @@ pub struct ControlStatements {
 }
 
 /// Makes an event due now with a fresh retry schedule; it is `pending` until that
-/// attempt ends. An attempt in flight loses its lease (`UNLEASE`, after the event's
-/// update, as the engine orders its locks): its outcome would otherwise take the event
-/// off the schedule again (the request asked for a push after it), so it is not
-/// recorded and the new attempt follows.
+/// attempt ends. An attempt in flight loses its lease (`UNLEASE`, while this statement
+/// holds the event's row lock, as every lease write does; see `delivery::store`): its
+/// outcome would otherwise take the event off the schedule again (the request asked
+/// for a push after it), so it is not recorded (the new `next_attempt_at` is no longer
+/// the one its lease was for) and the new attempt follows.
 const RESCHEDULE: &str =
     "status = 'pending', delivered_at = NULL, next_attempt_at = now(), retry_from = e.attempts";
 
