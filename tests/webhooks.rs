@@ -374,19 +374,27 @@ fn leases_with_an_injected_clock() {
             let (client, statements) = (&client, &statements);
             async move { store::claim_due(client, statements, owner, now, lease_ms, 10, 8, &excluded).await.unwrap().len() }
         };
+        // The outcome of the attempt due at `due_at_micros`.
+        let outcome = |due_at_micros: i64, record: Record| store::Outcome {
+            org_id,
+            id: event_id,
+            due_at_micros,
+            record,
+            log: attempt.clone(),
+        };
         assert_eq!(claim(a, T0 - 1, vec![]).await, 0, "not due yet");
         assert_eq!(claim(a, T0, vec![]).await, 1, "due at T0");
         assert_eq!(claim(b, T0 + 30_000_000, vec![]).await, 0, "leased to A");
         assert_eq!(claim(b, T0 + 61_000_000, vec![org_id]).await, 0, "a saturated organisation is skipped");
         assert_eq!(claim(b, T0 + 61_000_000, vec![]).await, 1, "A's lease expired: B takes the attempt over");
-        let stale = store::record(&client, &statements, a, T0 + 62_000_000, org_id, event_id, &Record::Delivered, &attempt);
-        assert!(!stale.await.unwrap(), "A no longer holds the lease and cannot record");
+        let stale = store::record(&client, &statements, a, T0 + 62_000_000, &outcome(T0, Record::Delivered)).await;
+        assert!(!stale.unwrap(), "A no longer holds the lease and cannot record");
         let retry = Record::Retry { delay_ms: 5_000, error: "HTTP 500".into() };
-        assert!(store::record(&client, &statements, b, T0 + 62_000_000, org_id, event_id, &retry, &attempt).await.unwrap());
+        assert!(store::record(&client, &statements, b, T0 + 62_000_000, &outcome(T0, retry)).await.unwrap());
         assert_eq!(claim(a, T0 + 66_999_999, vec![]).await, 0, "the retry is due 5 s after the failure");
         assert_eq!(claim(a, T0 + 67_000_000, vec![]).await, 1);
         let failed = Record::Failed { error: "HTTP 500".into() };
-        assert!(store::record(&client, &statements, a, T0 + 68_000_000, org_id, event_id, &failed, &attempt).await.unwrap());
+        assert!(store::record(&client, &statements, a, T0 + 68_000_000, &outcome(T0 + 67_000_000, failed)).await.unwrap());
         assert_eq!(claim(b, T0 + 999_000_000, vec![]).await, 0, "a failed event is never due again");
         // Each recorded outcome wrote its attempt's row in the same statement; the stale
         // owner's wrote nothing.
@@ -408,8 +416,8 @@ fn leases_with_an_injected_clock() {
 }
 
 #[test]
-fn an_outcome_waiting_on_a_redelivery_is_dropped_and_the_redelivery_stays_due() {
-    use triggerd::delivery::store::{self, DeliveryStatements, Record};
+fn an_outcome_is_recorded_only_for_its_own_attempt_across_a_redelivery() {
+    use triggerd::delivery::store::{self, DeliveryStatements, Outcome, Record};
     use triggerd::storage::pg::PrepareStatements;
     let database = FreshDatabase::new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -432,13 +440,26 @@ fn an_outcome_waiting_on_a_redelivery_is_dropped_and_the_redelivery_stays_due() 
             .await
             .unwrap();
         let statements = DeliveryStatements::prepare(&client).await.unwrap();
-        let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
-        let claimed = store::claim_due(&client, &statements, owner, now, 60_000, 10, 8, &[]).await.unwrap();
-        assert_eq!(claimed.len(), 1);
+        let now = || triggerd::util::time::unix_micros(std::time::SystemTime::now());
+        let claim = || async {
+            let claimed = store::claim_due(&client, &statements, owner, now(), 60_000, 10, 8, &[]).await.unwrap();
+            assert_eq!(claimed.len(), 1);
+            claimed[0].due_at_micros
+        };
+        let delivered = |due_at_micros: i64| Outcome {
+            org_id,
+            id: event_id,
+            due_at_micros,
+            record: Record::Delivered,
+            log: store::AttemptLog { attempted_at_micros: now(), status_code: Some(204), error: None, duration_ms: 1 },
+        };
+        let first = claim().await;
         // A redelivery (as `storage::control`'s statement writes it: the event due again,
-        // the attempt in flight unleased) holds the event's row lock while the attempt's
-        // outcome is written.
+        // the attempt in flight unleased) holds the event's row lock while the first
+        // attempt's outcome is written: the outcome waits for it, then finds the event
+        // rescheduled.
         let operator = connect().await;
+        let operator_pid: i32 = operator.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
         operator
             .batch_execute(&format!(
                 "BEGIN;
@@ -448,17 +469,16 @@ fn an_outcome_waiting_on_a_redelivery_is_dropped_and_the_redelivery_stays_due() 
             ))
             .await
             .unwrap();
-        let attempt = store::AttemptLog { attempted_at_micros: now, status_code: Some(204), error: None, duration_ms: 1 };
-        let outcome = store::record(&client, &statements, owner, now, org_id, event_id, &Record::Delivered, &attempt);
+        let outcome = delivered(first);
+        let recorded = store::record(&client, &statements, owner, now(), &outcome);
         let observer = connect().await;
         let commit_once_waiting = async {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             loop {
                 let waiting: i64 = observer
                     .query_one(
-                        "SELECT count(*) FROM pg_stat_activity
-                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                        &[],
+                        "SELECT count(*) FROM pg_stat_activity WHERE pg_blocking_pids(pid) @> ARRAY[$1::int4]",
+                        &[&operator_pid],
                     )
                     .await
                     .unwrap()
@@ -471,15 +491,22 @@ fn an_outcome_waiting_on_a_redelivery_is_dropped_and_the_redelivery_stays_due() 
             }
             operator.batch_execute("COMMIT").await.unwrap();
         };
-        let (recorded, ()) = tokio::join!(outcome, commit_once_waiting);
+        let (recorded, ()) = tokio::join!(recorded, commit_once_waiting);
         assert!(!recorded.unwrap(), "the outcome of the attempt before the redelivery is not recorded");
         let row = client
             .query_one("SELECT status, next_attempt_at IS NOT NULL FROM events WHERE id = $1", &[&event_id])
             .await
             .unwrap();
         assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("pending".to_string(), true), "still due");
-        let claimed = store::claim_due(&client, &statements, owner, now + 1_000_000, 60_000, 10, 8, &[]).await.unwrap();
-        assert_eq!(claimed.len(), 1, "the redelivery is claimed");
+        // The same process claims the redelivery while it still runs the first attempt:
+        // the first attempt's outcome does not take the new lease; the new one's does.
+        let second = claim().await;
+        assert_ne!(first, second);
+        let late = store::record(&client, &statements, owner, now(), &delivered(first)).await.unwrap();
+        assert!(!late, "an outcome is only for the attempt it was claimed as");
+        assert!(store::record(&client, &statements, owner, now(), &delivered(second)).await.unwrap());
+        let row = client.query_one("SELECT status FROM events WHERE id = $1", &[&event_id]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "delivered");
     });
 }
 

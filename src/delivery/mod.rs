@@ -587,7 +587,13 @@ impl Engine {
         };
         self.metrics.outcome(&record);
         log_attempt(&claimed, &record, elapsed, self.config.log_every_attempt);
-        let outcome = Outcome { org_id: claimed.org_id, id: claimed.id, record, log };
+        let outcome = Outcome {
+            org_id: claimed.org_id,
+            id: claimed.id,
+            due_at_micros: claimed.due_at_micros,
+            record,
+            log,
+        };
         self.outcomes.borrow_mut().push(outcome);
         self.outcomes_queued.notify_one();
     }
@@ -623,11 +629,7 @@ impl Engine {
     /// Writes one attempt's outcome alone (`record_batch`'s fallback).
     async fn record(&self, outcome: &Outcome) {
         let written = match self.writer_connection.get().await {
-            Ok(c) => {
-                let (org_id, id, owner) = (outcome.org_id, outcome.id, self.owner);
-                let (record, log) = (&outcome.record, &outcome.log);
-                store::record(&c.client, &c.statements, owner, now_micros(), org_id, id, record, log).await
-            }
+            Ok(c) => store::record(&c.client, &c.statements, self.owner, now_micros(), outcome).await,
             Err(e) => Err(e),
         };
         match written {

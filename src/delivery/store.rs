@@ -11,11 +11,14 @@
 //! row lock read them (the newest version, where the statement's snapshot may be
 //! older). Outcomes are recorded only by the lease's owner, and delete the lease.
 //!
-//! An outcome is recorded only while the event is still scheduled for the attempt its
-//! lease was for (`OWNED`): a redelivery or replay that commits while the outcome waits
-//! for the event's row lock moves `next_attempt_at`, and PostgreSQL rechecks that on the
-//! row's new version (not the lease, which it reads in the statement's snapshot). So the
-//! outcome is dropped and the redelivery happens, as the request was answered.
+//! An outcome names its attempt (the due time it was claimed at), and is recorded only
+//! while its owner's lease is for that attempt and the event is still scheduled for it
+//! (`owned`): a redelivery or replay that commits while the outcome waits for the
+//! event's row lock moves `next_attempt_at`, and PostgreSQL rechecks that on the row's
+//! new version (not the lease, which it reads in the statement's snapshot). So the
+//! outcome is dropped and the redelivery happens, as the request was answered; and when
+//! the same process claims the redelivery while the earlier attempt still runs, that
+//! attempt's outcome does not take the new lease.
 //!
 //! No deadlock: a lease row is written only by a statement holding its event's row lock
 //! (a claim locks it in its scan; an outcome, a redelivery or a replay updates the
@@ -24,7 +27,9 @@
 //! one lease and nothing else, and maintenance's sweep skips locked leases. The price is
 //! one race, and only on an expired lease: an outcome whose statement started before
 //! another process took the lease over is still recorded, and the new owner delivers
-//! again. At-least-once allows that second delivery; a lease expires only when an
+//! again. If that outcome was a retry, it moved `next_attempt_at`, so the new owner's
+//! outcome is refused and its lease stays until it expires: the event is attempted once
+//! more then. At-least-once allows those deliveries; a lease expires only when an
 //! attempt outlives `--delivery-lease-ms`.
 
 use tokio_postgres::{Client, Statement};
@@ -182,33 +187,43 @@ const CLAIMABLE: &str = "e.status = 'pending' AND NOT EXISTS (
     SELECT 1 FROM delivery_leases l
     WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.until >= {NOW} OFFSET 0)";
 
-/// The condition of an outcome: `owner` ($1) holds the lease of the event `e`, and the
-/// event is still scheduled for that attempt, or off the schedule (acknowledged, push
-/// switched off): not rescheduled since the claim (see the module's comment).
-const OWNED: &str = "EXISTS (
+/// The condition of an outcome of the attempt due at `due_micros` (an SQL expression,
+/// µs): `owner` ($1) holds the lease of the event `e` for that attempt, and the event is
+/// still scheduled for it, or off the schedule (acknowledged, push switched off): not
+/// rescheduled since the claim (see the module's comment). The attempt matters as well
+/// as the owner: after a redelivery the same process may claim the event again while
+/// its earlier attempt is still running, and that attempt's outcome must not take the
+/// new lease.
+fn owned(due_micros: &str) -> String {
+    format!(
+        "EXISTS (
     SELECT 1 FROM delivery_leases l
     WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.owner = $1
-      AND (e.next_attempt_at IS NULL OR e.next_attempt_at = l.due_at) OFFSET 0)";
+      AND l.due_at = timestamptz 'epoch' + {due_micros} * interval '1 microsecond'
+      AND (e.next_attempt_at IS NULL OR e.next_attempt_at = l.due_at) OFFSET 0)"
+    )
+}
 
 /// Deletes the leases of the rows of CTE `recorded` (`org_id`, `id`) held by $1.
 const RELEASE_RECORDED: &str = "DELETE FROM delivery_leases l USING recorded r
              WHERE l.org_id = r.org_id AND l.event_id = r.id AND l.owner = $1";
 
-/// The outcome `set` of event $3/$4 if $1 holds its lease, as CTE `recorded`
-/// (`org_id`, `id`, `attempts`), and the lease deleted.
+/// The outcome `set` of event $3/$4 if $1 holds its lease for the attempt due at $5
+/// (µs), as CTE `recorded` (`org_id`, `id`, `attempts`), and the lease deleted.
 fn only_owner(set: &str) -> String {
     format!(
         "WITH recorded AS (
              UPDATE events e SET {set}
-             WHERE e.org_id = $3 AND e.id = $4 AND {OWNED} AND $2::int8 IS NOT NULL
+             WHERE e.org_id = $3 AND e.id = $4 AND {} AND $2::int8 IS NOT NULL
              RETURNING e.org_id, e.id, e.attempts),
-         released AS ({RELEASE_RECORDED})"
+         released AS ({RELEASE_RECORDED})",
+        owned("$5::int8")
     )
 }
 
-/// An outcome written together with its attempt's log row, in one statement: $5 when
-/// the attempt started (µs), $6 the status code, $7 the error, $8 the duration (ms);
-/// the outcome's own parameters follow from $9. Attempt n takes slot n % 50, so the
+/// An outcome written together with its attempt's log row, in one statement: $6 when
+/// the attempt started (µs), $7 the status code, $8 the error, $9 the duration (ms);
+/// the outcome's own parameters follow from $10. Attempt n takes slot n % 50, so the
 /// last 50 are kept.
 fn logged(set: &str) -> String {
     format!(
@@ -216,7 +231,7 @@ fn logged(set: &str) -> String {
          INSERT INTO delivery_attempts AS a
              (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
          SELECT org_id, id, attempts % {ATTEMPTS_KEPT}, attempts,
-                timestamptz 'epoch' + $5::int8 * interval '1 microsecond', $6::int2, $7::text, $8::int4
+                timestamptz 'epoch' + $6::int8 * interval '1 microsecond', $7::int2, $8::text, $9::int4
          FROM recorded
          ON CONFLICT (org_id, event_id, slot) DO UPDATE
              SET attempt = excluded.attempt, attempted_at = excluded.attempted_at,
@@ -241,13 +256,16 @@ fn kind(record: &Record) -> i16 {
 /// gone, 4 push off (no attempt row). $1 owner, $2 now; then one array per column:
 /// $3 org, $4 id, $5 kind, $6 retry delay (ms), $7 the event's `last_error`, $8 when
 /// the attempt started (µs), $9 its status code, $10 its logged error, $11 its
-/// duration (ms). Returns the events whose lease `owner` still held.
+/// duration (ms), $12 the attempt's due time as claimed (µs). Returns the events whose
+/// lease `owner` still held for that attempt.
 fn record_batch_sql() -> String {
+    let owned = owned("i.due_at");
     format!(
         "WITH input AS (
              SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::int2[], $6::int8[], $7::text[],
-                                  $8::int8[], $9::int2[], $10::text[], $11::int4[])
-                 AS i(org_id, id, kind, delay_ms, last_error, attempted_at, status_code, error, duration_ms)),
+                                  $8::int8[], $9::int2[], $10::text[], $11::int4[], $12::int8[])
+                 AS i(org_id, id, kind, delay_ms, last_error, attempted_at, status_code, error, duration_ms,
+                      due_at)),
          recorded AS (
              UPDATE events e SET
                  status = CASE WHEN i.kind = 0 THEN 'delivered'
@@ -260,7 +278,7 @@ fn record_batch_sql() -> String {
                  last_error = CASE WHEN i.kind = 0 THEN NULL WHEN i.kind = 4 THEN e.last_error
                                    ELSE i.last_error END
              FROM input i
-             WHERE e.org_id = i.org_id AND e.id = i.id AND {OWNED}
+             WHERE e.org_id = i.org_id AND e.id = i.id AND {owned}
              RETURNING e.org_id, e.id, e.attempts, i.kind, i.attempted_at, i.status_code, i.error, i.duration_ms),
          released AS ({RELEASE_RECORDED}),
          logged AS (
@@ -337,20 +355,20 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                 .await?,
             retry: client
                 .prepare(&logged(&format!(
-                    "attempts = attempts + 1, last_error = $10,
+                    "attempts = attempts + 1, last_error = $11,
                      next_attempt_at = CASE WHEN status = 'delivered' THEN NULL
-                                            ELSE {NOW} + $9::int8 * interval '1 millisecond' END"
+                                            ELSE {NOW} + $10::int8 * interval '1 millisecond' END"
                 )))
                 .await?,
             failed: client
                 .prepare(&logged(
                     "status = CASE WHEN status = 'delivered' THEN status ELSE 'failed' END,
-                     attempts = attempts + 1, last_error = $9, next_attempt_at = NULL",
+                     attempts = attempts + 1, last_error = $10, next_attempt_at = NULL",
                 ))
                 .await?,
             gone: client
                 .prepare(&logged(
-                    "attempts = attempts + 1, last_error = $9::text, next_attempt_at = NULL",
+                    "attempts = attempts + 1, last_error = $10::text, next_attempt_at = NULL",
                 ))
                 .await?,
             push_off: client
@@ -467,22 +485,19 @@ pub async fn release(
 /// The message of a 410: push is switched off for the organisation.
 pub const GONE_ERROR: &str = "HTTP 410 Gone: push switched off for the organisation";
 
-/// Writes an attempt's outcome and its log row (`attempt`) if `owner` still holds the
-/// lease; `false` if not. `Record::PushOff` only takes the event off the schedule:
-/// nothing was sent, so `attempt` is not written.
-#[allow(clippy::too_many_arguments)]
+/// Writes an attempt's outcome and its log row (`outcome.log`) if `owner` still holds
+/// the lease for that attempt; `false` if not. `Record::PushOff` only takes the event
+/// off the schedule: nothing was sent, so no log row is written.
 pub async fn record(
     client: &Client,
     statements: &DeliveryStatements,
     owner: Uuid,
     now_micros: i64,
-    org_id: Uuid,
-    id: Uuid,
-    outcome: &Record,
-    attempt: &AttemptLog,
+    outcome: &Outcome,
 ) -> Result<bool, tokio_postgres::Error> {
     type Parameter<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let key: [Parameter<'_>; 4] = [&owner, &now_micros, &org_id, &id];
+    let (org_id, attempt) = (outcome.org_id, &outcome.log);
+    let key: [Parameter<'_>; 5] = [&owner, &now_micros, &outcome.org_id, &outcome.id, &outcome.due_at_micros];
     let mut parameters: Vec<Parameter<'_>> = key.to_vec();
     parameters.extend([
         &attempt.attempted_at_micros as Parameter<'_>,
@@ -490,9 +505,9 @@ pub async fn record(
         &attempt.error,
         &attempt.duration_ms,
     ]);
-    let statement = match outcome {
+    let statement = match &outcome.record {
         Record::PushOff => {
-            parameters.truncate(4);
+            parameters.truncate(5);
             &statements.push_off
         }
         Record::Delivered => &statements.delivered,
@@ -510,7 +525,7 @@ pub async fn record(
         }
     };
     let updated = client.execute(statement, &parameters).await?;
-    if *outcome == Record::Gone {
+    if outcome.record == Record::Gone {
         client.execute(&statements.switch_off, &[&org_id]).await?;
     }
     // The key is the primary key and the owner filter is in the WHERE: one row or none.
@@ -523,6 +538,9 @@ pub async fn record(
 pub struct Outcome {
     pub org_id: Uuid,
     pub id: Uuid,
+    /// The attempt's due time as claimed (`Claimed::due_at_micros`): which lease of the
+    /// event the outcome is for.
+    pub due_at_micros: i64,
     pub record: Record,
     pub log: AttemptLog,
 }
@@ -559,7 +577,8 @@ pub async fn record_batch(
     let status_codes: Vec<Option<i16>> = order.iter().map(|o| o.log.status_code).collect();
     let errors: Vec<Option<&str>> = order.iter().map(|o| o.log.error.as_deref()).collect();
     let durations_ms: Vec<i32> = order.iter().map(|o| o.log.duration_ms).collect();
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+    let due_at: Vec<i64> = order.iter().map(|o| o.due_at_micros).collect();
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
         &owner,
         &now_micros,
         &org_ids,
@@ -571,6 +590,7 @@ pub async fn record_batch(
         &status_codes,
         &errors,
         &durations_ms,
+        &due_at,
     ];
     let rows = client.query(&statements.record_batch, &parameters).await?;
     let recorded = rows

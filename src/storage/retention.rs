@@ -108,8 +108,8 @@ pub async fn maintain(
     report.consumer_leases_deleted = client
         .execute("DELETE FROM consumer_leases WHERE expires_at < now() - interval '1 day'", &[])
         .await?;
-    // A delivery lease is deleted by its outcome; one whose outcome never came (its
-    // process died, its event was rescheduled or dropped meanwhile) stays until a
+    // A delivery lease is deleted by its outcome; one whose outcome was never written
+    // (its process died, the write failed, the outcome was refused) stays until a
     // claim takes it over. A day after expiry it goes. Rows a claim holds are skipped, not waited for, so
     // the sweep never waits while holding a lease row.
     report.delivery_leases_deleted = client
