@@ -422,8 +422,7 @@ fn acknowledged_events_leave_the_delivery_schedule() {
     let mut state = || -> (bool, bool, String) {
         let row = client
             .query_one(
-                "SELECT NOT EXISTS (SELECT 1 FROM delivery_leases WHERE event_id = $1),
-                        next_attempt_at IS NULL, status FROM events WHERE id = $1",
+                "SELECT lease_owner IS NULL, next_attempt_at IS NULL, status FROM events WHERE id = $1",
                 &[&id],
             )
             .unwrap();

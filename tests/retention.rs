@@ -1,8 +1,7 @@
 //! Retention without bloat, with an injected clock: partitions are created ahead, old
 //! days whose events are all delivered are dropped whole (while ingest continues),
 //! a day with undelivered events is kept up to the undelivered ceiling and dropped
-//! (and counted) past it, dedup keeps its 24 h window whatever the partitions, and
-//! delivery leases whose outcome never came are swept a day after they expired.
+//! (and counted) past it, and dedup keeps its 24 h window whatever the partitions.
 
 mod common;
 
@@ -203,67 +202,4 @@ fn undelivered_events_are_dropped_past_the_ceiling_and_counted() {
         .unwrap()
         .get(0);
     assert_eq!(remaining, 1, "only day -50's event is left");
-}
-
-#[test]
-fn delivery_leases_without_an_outcome_go_a_day_after_expiry_without_waiting() {
-    let database = FreshDatabase::new();
-    let config = RetentionConfig {
-        retention_days: 30,
-        undelivered_retention_days: 0,
-        ahead_days: 3,
-        interval: std::time::Duration::from_secs(3600),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let (mut client, connection) =
-            tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        triggerd::storage::migrations::migrate(&mut client).await.unwrap();
-        // Leases of a process that died: two days past expiry (twice), an hour past it,
-        // and one still live.
-        let org = uuid::Uuid::now_v7();
-        let (old, held, recent, live) =
-            (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-        client
-            .batch_execute(&format!(
-                "INSERT INTO delivery_leases (org_id, event_id, owner, until, due_at, attempts, retry_from)
-                 SELECT '{org}', event_id, '{org}', until, until, 0, 0 FROM (VALUES
-                     ('{old}'::uuid, now() - interval '2 days'),
-                     ('{held}', now() - interval '2 days'),
-                     ('{recent}', now() - interval '1 hour'),
-                     ('{live}', now() + interval '1 minute')) AS l(event_id, until)"
-            ))
-            .await
-            .unwrap();
-        // A claim taking one of the old leases over holds its row while the sweep runs:
-        // the sweep skips it instead of waiting (it would fail on the lock timeout).
-        let (claimer, connection) =
-            tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        claimer.batch_execute("BEGIN").await.unwrap();
-        claimer
-            .execute(
-                "UPDATE delivery_leases SET until = now() + interval '1 minute' WHERE event_id = $1",
-                &[&held],
-            )
-            .await
-            .unwrap();
-        client.batch_execute("SET lock_timeout = '5s'").await.unwrap();
-        let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
-        let report = maintain(&client, now, &config).await.unwrap();
-        assert_eq!(report.delivery_leases_deleted, 1, "only the unheld lease two days past expiry");
-        claimer.batch_execute("COMMIT").await.unwrap();
-        let mut left: Vec<uuid::Uuid> = client
-            .query("SELECT event_id FROM delivery_leases", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        left.sort();
-        let mut expected = vec![held, recent, live];
-        expected.sort();
-        assert_eq!(left, expected);
-    });
 }

@@ -374,27 +374,19 @@ fn leases_with_an_injected_clock() {
             let (client, statements) = (&client, &statements);
             async move { store::claim_due(client, statements, owner, now, lease_ms, 10, 8, &excluded).await.unwrap().len() }
         };
-        // The outcome of the attempt due at `due_at_micros`.
-        let outcome = |due_at_micros: i64, record: Record| store::Outcome {
-            org_id,
-            id: event_id,
-            due_at_micros,
-            record,
-            log: attempt.clone(),
-        };
         assert_eq!(claim(a, T0 - 1, vec![]).await, 0, "not due yet");
         assert_eq!(claim(a, T0, vec![]).await, 1, "due at T0");
         assert_eq!(claim(b, T0 + 30_000_000, vec![]).await, 0, "leased to A");
         assert_eq!(claim(b, T0 + 61_000_000, vec![org_id]).await, 0, "a saturated organisation is skipped");
         assert_eq!(claim(b, T0 + 61_000_000, vec![]).await, 1, "A's lease expired: B takes the attempt over");
-        let stale = store::record(&client, &statements, a, T0 + 62_000_000, &outcome(T0, Record::Delivered)).await;
-        assert!(!stale.unwrap(), "A no longer holds the lease and cannot record");
+        let stale = store::record(&client, &statements, a, T0 + 62_000_000, org_id, event_id, &Record::Delivered, &attempt);
+        assert!(!stale.await.unwrap(), "A no longer holds the lease and cannot record");
         let retry = Record::Retry { delay_ms: 5_000, error: "HTTP 500".into() };
-        assert!(store::record(&client, &statements, b, T0 + 62_000_000, &outcome(T0, retry)).await.unwrap());
+        assert!(store::record(&client, &statements, b, T0 + 62_000_000, org_id, event_id, &retry, &attempt).await.unwrap());
         assert_eq!(claim(a, T0 + 66_999_999, vec![]).await, 0, "the retry is due 5 s after the failure");
         assert_eq!(claim(a, T0 + 67_000_000, vec![]).await, 1);
         let failed = Record::Failed { error: "HTTP 500".into() };
-        assert!(store::record(&client, &statements, a, T0 + 68_000_000, &outcome(T0 + 67_000_000, failed)).await.unwrap());
+        assert!(store::record(&client, &statements, a, T0 + 68_000_000, org_id, event_id, &failed, &attempt).await.unwrap());
         assert_eq!(claim(b, T0 + 999_000_000, vec![]).await, 0, "a failed event is never due again");
         // Each recorded outcome wrote its attempt's row in the same statement; the stale
         // owner's wrote nothing.
@@ -406,107 +398,8 @@ fn leases_with_an_injected_clock() {
             .map(|row| row.get(0))
             .collect();
         assert_eq!(logged, [1, 2]);
-        // The leases are rows of their own (migration 0010): each recorded outcome
-        // deleted its lease; the stale owner's attempt deleted none of B's.
-        let leases: i64 = client.query_one("SELECT count(*) FROM delivery_leases", &[]).await.unwrap().get(0);
-        assert_eq!(leases, 0, "no lease outlives its recorded outcome");
         drop(client);
         let _ = driver.await;
-    });
-}
-
-#[test]
-fn an_outcome_is_recorded_only_for_its_own_attempt_across_a_redelivery() {
-    use triggerd::delivery::store::{self, DeliveryStatements, Outcome, Record};
-    use triggerd::storage::pg::PrepareStatements;
-    let database = FreshDatabase::new();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let connect = || async {
-            let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(connection);
-            client
-        };
-        let mut client = connect().await;
-        triggerd::storage::migrations::migrate(&mut client).await.unwrap();
-        let (org_id, event_id, owner) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-        client
-            .batch_execute(&format!(
-                "INSERT INTO organizations (org_id, name, tier, rate_limit_per_minute, webhook_url, signing_secret)
-                 VALUES ('{org_id}', 'redelivered', 'pro', 1000, 'http://127.0.0.1:9/', 'whsec_x');
-                 INSERT INTO events (org_id, id, type, payload, created_at, next_attempt_at)
-                 VALUES ('{org_id}', '{event_id}', 't', '{{}}', now(), now());"
-            ))
-            .await
-            .unwrap();
-        let statements = DeliveryStatements::prepare(&client).await.unwrap();
-        let now = || triggerd::util::time::unix_micros(std::time::SystemTime::now());
-        let claim = || async {
-            let claimed = store::claim_due(&client, &statements, owner, now(), 60_000, 10, 8, &[]).await.unwrap();
-            assert_eq!(claimed.len(), 1);
-            claimed[0].due_at_micros
-        };
-        let delivered = |due_at_micros: i64| Outcome {
-            org_id,
-            id: event_id,
-            due_at_micros,
-            record: Record::Delivered,
-            log: store::AttemptLog { attempted_at_micros: now(), status_code: Some(204), error: None, duration_ms: 1 },
-        };
-        let first = claim().await;
-        // A redelivery (as `storage::control`'s statement writes it: the event due again,
-        // the attempt in flight unleased) holds the event's row lock while the first
-        // attempt's outcome is written: the outcome waits for it, then finds the event
-        // rescheduled.
-        let operator = connect().await;
-        let operator_pid: i32 = operator.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-        operator
-            .batch_execute(&format!(
-                "BEGIN;
-                 UPDATE events SET status = 'pending', next_attempt_at = now(), retry_from = attempts
-                 WHERE org_id = '{org_id}' AND id = '{event_id}';
-                 DELETE FROM delivery_leases WHERE org_id = '{org_id}' AND event_id = '{event_id}';"
-            ))
-            .await
-            .unwrap();
-        let outcome = delivered(first);
-        let recorded = store::record(&client, &statements, owner, now(), &outcome);
-        let observer = connect().await;
-        let commit_once_waiting = async {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            loop {
-                let waiting: i64 = observer
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pg_blocking_pids(pid) @> ARRAY[$1::int4]",
-                        &[&operator_pid],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if waiting > 0 {
-                    break;
-                }
-                assert!(std::time::Instant::now() < deadline, "the outcome never waited for the redelivery");
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-            operator.batch_execute("COMMIT").await.unwrap();
-        };
-        let (recorded, ()) = tokio::join!(recorded, commit_once_waiting);
-        assert!(!recorded.unwrap(), "the outcome of the attempt before the redelivery is not recorded");
-        let row = client
-            .query_one("SELECT status, next_attempt_at IS NOT NULL FROM events WHERE id = $1", &[&event_id])
-            .await
-            .unwrap();
-        assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("pending".to_string(), true), "still due");
-        // The same process claims the redelivery while it still runs the first attempt:
-        // the first attempt's outcome does not take the new lease; the new one's does.
-        let second = claim().await;
-        assert_ne!(first, second);
-        let late = store::record(&client, &statements, owner, now(), &delivered(first)).await.unwrap();
-        assert!(!late, "an outcome is only for the attempt it was claimed as");
-        assert!(store::record(&client, &statements, owner, now(), &delivered(second)).await.unwrap());
-        let row = client.query_one("SELECT status FROM events WHERE id = $1", &[&event_id]).await.unwrap();
-        assert_eq!(row.get::<_, String>(0), "delivered");
     });
 }
 
@@ -580,12 +473,7 @@ fn a_claim_reads_only_the_head_of_a_backlog() {
         let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
         // Prepared and executed, as the engine does: the plan is the generic one.
         let claims = [
-            (
-                "claim_orgs",
-                store::claim_orgs_sql(),
-                "int8[], int8[]",
-                format!("ARRAY['{org_id}']::uuid[], ARRAY[16]::int8[], ARRAY[NULL]::int8[]"),
-            ),
+            ("claim_orgs", store::claim_orgs_sql(), "int8[]", format!("ARRAY['{org_id}']::uuid[], ARRAY[16]::int8[]")),
             ("claim_due", store::claim_due_sql(), "int8", "ARRAY[]::uuid[], 16".to_string()),
         ];
         for (name, sql, last_type, last_arguments) in claims {
@@ -611,26 +499,6 @@ fn a_claim_reads_only_the_head_of_a_backlog() {
                 .sum();
             assert!(rows <= 1_000, "{rows} rows read for a claim of 16 of a backlog of 20 000:\n{text}");
         }
-        // An organisation claim that starts further on (the engine's `claim_start`)
-        // claims from there, oldest first, and says when each claimed attempt came due.
-        use triggerd::storage::pg::PrepareStatements;
-        let statements = store::DeliveryStatements::prepare(&client).await.unwrap();
-        let start: i64 = client
-            .query_one(
-                "SELECT (extract(epoch FROM next_attempt_at) * 1000000)::int8 FROM events
-                 WHERE org_id = $1 ORDER BY next_attempt_at OFFSET 10000 LIMIT 1",
-                &[&org_id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let claimed =
-            store::claim_orgs(&client, &statements, owner, now, lease_ms, &[(org_id, 16, Some(start))]).await.unwrap();
-        let mut due_at: Vec<i64> = claimed.iter().map(|c| c.due_at_micros).collect();
-        due_at.sort_unstable();
-        assert_eq!(due_at.len(), 16);
-        assert_eq!(due_at[0], start, "the first claimed is the first due at the start");
-        assert_eq!(due_at[15] - due_at[0], 15, "then the next 15, one µs apart as inserted");
         drop(client);
         let _ = driver.await;
     });

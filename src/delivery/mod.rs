@@ -29,7 +29,6 @@
 //! [`scheduler`], a plain struct that takes `now`; the `Engine` here is its I/O: the
 //! loop, the SQL and the tasks.
 
-mod claim_start;
 mod client;
 mod guard;
 pub(crate) mod metrics;
@@ -53,7 +52,6 @@ use uuid::Uuid;
 use crate::storage::pg::{Db, LazyConnection, Prepared};
 use crate::util::json::ObjectWriter;
 use crate::util::time::unix_micros;
-use claim_start::ClaimStarts;
 use client::WebhookClient;
 use metrics::DeliveryMetrics;
 use schedule::AttemptResult;
@@ -117,13 +115,10 @@ pub struct Engine {
     /// with `store::SESSION`, so that a claim reads only the head of a backlog.
     connection: LazyConnection<DeliveryStatements>,
     /// The outcome writer's connection: a batch's commit does not queue in front of
-    /// the next claim (PostgreSQL runs one connection's statements one at a time); with
-    /// `store::WRITER_SESSION`.
+    /// the next claim (PostgreSQL runs one connection's statements one at a time).
     writer_connection: LazyConnection<DeliveryStatements>,
     /// Counts, limits and claim times. Borrowed only between awaits.
     scheduler: RefCell<Scheduler>,
-    /// Where each organisation claim starts reading. Borrowed only between awaits.
-    claim_starts: RefCell<ClaimStarts>,
     /// Woken by a completion that asks for a claim (the scheduler moved its wake-up, or
     /// has an organisation claim to make).
     wake: Notify,
@@ -265,11 +260,10 @@ impl Engine {
         };
         Rc::new(Engine {
             connection: LazyConnection::new(Rc::clone(&db)).with_session(store::SESSION),
-            writer_connection: LazyConnection::new(db).with_session(store::WRITER_SESSION),
+            writer_connection: LazyConnection::new(db),
             owner: Uuid::now_v7(),
             client: WebhookClient::new(config.allow_private, config.timeout, config.per_org_max),
             scheduler: RefCell::new(Scheduler::new(limits, Instant::now())),
-            claim_starts: RefCell::default(),
             config,
             wake: Notify::new(),
             outcomes: RefCell::default(),
@@ -423,27 +417,16 @@ impl Engine {
     /// due, if the scheduler has such a claim.
     async fn claim_orgs(self: &Rc<Self>) {
         let Some(request) = self.scheduler().org_claim() else { return };
-        let now = Instant::now();
-        let orgs: Vec<(Uuid, usize, Option<i64>)> = {
-            let mut starts = self.claim_starts.borrow_mut();
-            request.orgs.iter().map(|(org, asked)| (*org, *asked, starts.start(*org, now))).collect()
-        };
         let claimed = match self.connection().await {
             Ok(c) => {
                 let lease_ms = self.config.lease.as_millis() as i64;
-                store::claim_orgs(&c.client, &c.statements, self.owner, now_micros(), lease_ms, &orgs).await
+                store::claim_orgs(&c.client, &c.statements, self.owner, now_micros(), lease_ms, &request.orgs)
+                    .await
             }
             Err(e) => Err(e),
         };
         match claimed {
             Ok(claimed) => {
-                let mut starts = self.claim_starts.borrow_mut();
-                for (org, asked) in &request.orgs {
-                    let due_at: Vec<i64> =
-                        claimed.iter().filter(|c| c.org_id == *org).map(|c| c.due_at_micros).collect();
-                    starts.claimed(*org, *asked, &due_at, now);
-                }
-                drop(starts);
                 let orgs: Vec<Uuid> = claimed.iter().map(|c| c.org_id).collect();
                 let admissions = self.scheduler().on_org_claimed(&request, &orgs);
                 self.carry_out(claimed, admissions);
@@ -587,13 +570,7 @@ impl Engine {
         };
         self.metrics.outcome(&record);
         log_attempt(&claimed, &record, elapsed, self.config.log_every_attempt);
-        let outcome = Outcome {
-            org_id: claimed.org_id,
-            id: claimed.id,
-            due_at_micros: claimed.due_at_micros,
-            record,
-            log,
-        };
+        let outcome = Outcome { org_id: claimed.org_id, id: claimed.id, record, log };
         self.outcomes.borrow_mut().push(outcome);
         self.outcomes_queued.notify_one();
     }
@@ -629,7 +606,11 @@ impl Engine {
     /// Writes one attempt's outcome alone (`record_batch`'s fallback).
     async fn record(&self, outcome: &Outcome) {
         let written = match self.writer_connection.get().await {
-            Ok(c) => store::record(&c.client, &c.statements, self.owner, now_micros(), outcome).await,
+            Ok(c) => {
+                let (org_id, id, owner) = (outcome.org_id, outcome.id, self.owner);
+                let (record, log) = (&outcome.record, &outcome.log);
+                store::record(&c.client, &c.statements, owner, now_micros(), org_id, id, record, log).await
+            }
             Err(e) => Err(e),
         };
         match written {
@@ -673,7 +654,6 @@ mod tests {
             webhook_url: None,
             signing_secret: String::new(),
             previous_secret: None,
-            due_at_micros: 0,
         };
         assert_eq!(
             String::from_utf8(delivery_body(&claimed)).unwrap(),

@@ -2,35 +2,10 @@
 //! parameter instead of calling `now()`, so leases and schedules are tested with an
 //! injected clock against a real PostgreSQL.
 //!
-//! An attempt is claimed by the statement that selects it `FOR UPDATE SKIP LOCKED`: it
-//! inserts a lease row (`delivery_leases`), or takes over one that expired. The lease
-//! row is the arbiter: two processes never hold a live lease on the same attempt, and a
-//! process that dies mid-delivery loses its leases when they expire. The event row
-//! itself is only locked, never rewritten, by a claim (migration 0010). The lease names
-//! its owner and the attempt: when it came due, and the event's attempt counts, as the
-//! row lock read them (the newest version, where the statement's snapshot may be
-//! older). Outcomes are recorded only by the lease's owner, and delete the lease.
-//!
-//! An outcome names its attempt (the due time it was claimed at), and is recorded only
-//! while its owner's lease is for that attempt and the event is still scheduled for it
-//! (`owned`): a redelivery or replay that commits while the outcome waits for the
-//! event's row lock moves `next_attempt_at`, and PostgreSQL rechecks that on the row's
-//! new version (not the lease, which it reads in the statement's snapshot). So the
-//! outcome is dropped and the redelivery happens, as the request was answered; and when
-//! the same process claims the redelivery while the earlier attempt still runs, that
-//! attempt's outcome does not take the new lease.
-//!
-//! No deadlock: a lease row is written only by a statement holding its event's row lock
-//! (a claim locks it in its scan; an outcome, a redelivery or a replay updates the
-//! event first), and event row locks exclude each other, so no two of these ever wait
-//! for one lease. The two exceptions hold no event lock: a give-back (`release`) writes
-//! one lease and nothing else, and maintenance's sweep skips locked leases. The price is
-//! one race, and only on an expired lease: an outcome whose statement started before
-//! another process took the lease over is still recorded, and the new owner delivers
-//! again. If that outcome was a retry, it moved `next_attempt_at`, so the new owner's
-//! outcome is refused and its lease stays until it expires: the event is attempted once
-//! more then. At-least-once allows those deliveries; a lease expires only when an
-//! attempt outlives `--delivery-lease-ms`.
+//! An attempt is claimed by setting a lease (`lease_owner`, `lease_until`) in the same
+//! statement that selects it `FOR UPDATE SKIP LOCKED`: two processes never claim the
+//! same attempt, and a process that dies mid-delivery loses its leases when they expire.
+//! Outcomes are recorded only by the lease's owner.
 
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
@@ -55,7 +30,7 @@ const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
 /// claimed rows back to `events` by hashing a scan of the whole partition (40 000 rows
 /// read for a claim of 16 in `a_claim_reads_only_the_head_of_a_backlog`): so no hash or
 /// merge joins either; every statement of this connection finds its rows by index. (The
-/// outcome writer's connection has its own, `WRITER_SESSION`.)
+/// outcome writer's connection needs none of this.)
 ///
 /// And its commits do not wait for the WAL flush (`synchronous_commit = off`): what it
 /// writes is leases (claims and give-backs), and a lease lost in a crash of PostgreSQL
@@ -67,14 +42,6 @@ const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
 /// to 10 919-12 004 deliveries/s, in three pairs of runs taken in turn (issue 16).
 pub const SESSION: &str = "SET enable_sort = off; SET enable_hashjoin = off; SET enable_mergejoin = off; \
      SET plan_cache_mode = force_generic_plan; SET synchronous_commit = off";
-
-/// Settings of the engine's outcome writer connection: each outcome deletes its lease
-/// found by primary key (`RELEASE_RECORDED`). A batch of outcomes is small and the
-/// lease table is churned (a row inserted and deleted per attempt, pages reclaimed only
-/// by vacuum), so a hash or merge join reading the whole lease table costs more than
-/// every probe of the batch.
-pub const WRITER_SESSION: &str =
-    "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off";
 
 /// An attempt this process holds the lease for.
 #[derive(Debug, Clone)]
@@ -95,9 +62,6 @@ pub struct Claimed {
     pub signing_secret: String,
     /// The secret a rotation replaced, while it still signs (24 h).
     pub previous_secret: Option<String>,
-    /// When the attempt came due (µs since the epoch): where the engine's next claim
-    /// for the organisation may start reading (`claim_orgs`).
-    pub due_at_micros: i64,
 }
 
 impl Claimed {
@@ -150,88 +114,41 @@ pub struct DeliveryStatements {
     due_stats: Statement,
 }
 
-/// A claim of the rows of `due` (`org_id`, `id`, `next_attempt_at`, `attempts`,
-/// `retry_from`, read under the row lock).
 fn claim_sql(due: &str) -> String {
     format!(
-        "WITH due AS ({due}),
-         leased AS (
-             INSERT INTO delivery_leases AS l (org_id, event_id, owner, until, due_at, attempts, retry_from)
-             SELECT org_id, id, $1, {NOW} + $3::int8 * interval '1 millisecond', next_attempt_at, attempts, retry_from
-             FROM due
-             ON CONFLICT (org_id, event_id) DO UPDATE
-                 SET owner = excluded.owner, until = excluded.until, due_at = excluded.due_at,
-                     attempts = excluded.attempts, retry_from = excluded.retry_from
-                 WHERE l.until < {NOW}
-             RETURNING l.org_id, l.event_id, l.due_at, l.attempts, l.retry_from)
-         SELECT e.org_id, e.id, e.type, e.payload::text,
-                (extract(epoch FROM e.created_at) * 1000000)::int8, leased.attempts,
-                o.webhook_url, o.signing_secret,
-                CASE WHEN o.previous_secret_expires_at > {NOW} THEN o.previous_signing_secret END,
-                leased.retry_from, (extract(epoch FROM leased.due_at) * 1000000)::int8
-         FROM leased
-         JOIN events e ON e.org_id = leased.org_id AND e.id = leased.event_id
-         JOIN organizations o ON o.org_id = e.org_id"
+        "WITH due AS ({due})
+         UPDATE events e SET lease_owner = $1, lease_until = {NOW} + $3::int8 * interval '1 millisecond'
+         FROM due, organizations o
+         WHERE e.org_id = due.org_id AND e.id = due.id AND o.org_id = e.org_id
+         RETURNING e.org_id, e.id, e.type, e.payload::text,
+                   (extract(epoch FROM e.created_at) * 1000000)::int8, e.attempts,
+                   o.webhook_url, o.signing_secret,
+                   CASE WHEN o.previous_secret_expires_at > {NOW} THEN o.previous_signing_secret END,
+                   e.retry_from"
     )
 }
 
-/// Shared condition: a pending delivery whose attempt nobody holds (no lease, or one
-/// that expired).
-///
-/// This and `OWNED` probe the lease's primary key once per event: `OFFSET 0` keeps
-/// the subquery a per-row subplan. Pulled up into a join, its generic plan read every
-/// lease row of the organisation per claim (1 ms per organisation once the churned
-/// table had a thousand pages), or every lease row of the owner per outcome batch and
-/// compared it with each outcome (95 ms for a batch of 256).
-const CLAIMABLE: &str = "e.status = 'pending' AND NOT EXISTS (
-    SELECT 1 FROM delivery_leases l
-    WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.until >= {NOW} OFFSET 0)";
+/// Shared condition: a pending delivery whose attempt nobody holds.
+const CLAIMABLE: &str = "e.status = 'pending' AND (e.lease_until IS NULL OR e.lease_until < {NOW})";
 
-/// The condition of an outcome of the attempt due at `due_micros` (an SQL expression,
-/// µs): `owner` ($1) holds the lease of the event `e` for that attempt, and the event is
-/// still scheduled for it, or off the schedule (acknowledged, push switched off): not
-/// rescheduled since the claim (see the module's comment). The attempt matters as well
-/// as the owner: after a redelivery the same process may claim the event again while
-/// its earlier attempt is still running, and that attempt's outcome must not take the
-/// new lease.
-fn owned(due_micros: &str) -> String {
-    format!(
-        "EXISTS (
-    SELECT 1 FROM delivery_leases l
-    WHERE l.org_id = e.org_id AND l.event_id = e.id AND l.owner = $1
-      AND l.due_at = timestamptz 'epoch' + {due_micros} * interval '1 microsecond'
-      AND (e.next_attempt_at IS NULL OR e.next_attempt_at = l.due_at) OFFSET 0)"
-    )
-}
-
-/// Deletes the leases of the rows of CTE `recorded` (`org_id`, `id`) held by $1.
-const RELEASE_RECORDED: &str = "DELETE FROM delivery_leases l USING recorded r
-             WHERE l.org_id = r.org_id AND l.event_id = r.id AND l.owner = $1";
-
-/// The outcome `set` of event $3/$4 if $1 holds its lease for the attempt due at $5
-/// (µs), as CTE `recorded` (`org_id`, `id`, `attempts`), and the lease deleted.
 fn only_owner(set: &str) -> String {
     format!(
-        "WITH recorded AS (
-             UPDATE events e SET {set}
-             WHERE e.org_id = $3 AND e.id = $4 AND {} AND $2::int8 IS NOT NULL
-             RETURNING e.org_id, e.id, e.attempts),
-         released AS ({RELEASE_RECORDED})",
-        owned("$5::int8")
+        "UPDATE events SET {set}, lease_owner = NULL, lease_until = NULL
+         WHERE org_id = $3 AND id = $4 AND lease_owner = $1 AND $2::int8 IS NOT NULL"
     )
 }
 
-/// An outcome written together with its attempt's log row, in one statement: $6 when
-/// the attempt started (µs), $7 the status code, $8 the error, $9 the duration (ms);
-/// the outcome's own parameters follow from $10. Attempt n takes slot n % 50, so the
+/// An outcome written together with its attempt's log row, in one statement: $5 when
+/// the attempt started (µs), $6 the status code, $7 the error, $8 the duration (ms);
+/// the outcome's own parameters follow from $9. Attempt n takes slot n % 50, so the
 /// last 50 are kept.
 fn logged(set: &str) -> String {
     format!(
-        "{}
+        "WITH recorded AS ({} RETURNING org_id, id, attempts)
          INSERT INTO delivery_attempts AS a
              (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
          SELECT org_id, id, attempts % {ATTEMPTS_KEPT}, attempts,
-                timestamptz 'epoch' + $6::int8 * interval '1 microsecond', $7::int2, $8::text, $9::int4
+                timestamptz 'epoch' + $5::int8 * interval '1 microsecond', $6::int2, $7::text, $8::int4
          FROM recorded
          ON CONFLICT (org_id, event_id, slot) DO UPDATE
              SET attempt = excluded.attempt, attempted_at = excluded.attempted_at,
@@ -256,16 +173,13 @@ fn kind(record: &Record) -> i16 {
 /// gone, 4 push off (no attempt row). $1 owner, $2 now; then one array per column:
 /// $3 org, $4 id, $5 kind, $6 retry delay (ms), $7 the event's `last_error`, $8 when
 /// the attempt started (µs), $9 its status code, $10 its logged error, $11 its
-/// duration (ms), $12 the attempt's due time as claimed (µs). Returns the events whose
-/// lease `owner` still held for that attempt.
+/// duration (ms). Returns the events whose lease `owner` still held.
 fn record_batch_sql() -> String {
-    let owned = owned("i.due_at");
     format!(
         "WITH input AS (
              SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::int2[], $6::int8[], $7::text[],
-                                  $8::int8[], $9::int2[], $10::text[], $11::int4[], $12::int8[])
-                 AS i(org_id, id, kind, delay_ms, last_error, attempted_at, status_code, error, duration_ms,
-                      due_at)),
+                                  $8::int8[], $9::int2[], $10::text[], $11::int4[])
+                 AS i(org_id, id, kind, delay_ms, last_error, attempted_at, status_code, error, duration_ms)),
          recorded AS (
              UPDATE events e SET
                  status = CASE WHEN i.kind = 0 THEN 'delivered'
@@ -276,11 +190,11 @@ fn record_batch_sql() -> String {
                  next_attempt_at = CASE WHEN i.kind = 1 AND e.status <> 'delivered'
                                         THEN {NOW} + i.delay_ms * interval '1 millisecond' END,
                  last_error = CASE WHEN i.kind = 0 THEN NULL WHEN i.kind = 4 THEN e.last_error
-                                   ELSE i.last_error END
+                                   ELSE i.last_error END,
+                 lease_owner = NULL, lease_until = NULL
              FROM input i
-             WHERE e.org_id = i.org_id AND e.id = i.id AND {owned}
+             WHERE e.org_id = i.org_id AND e.id = i.id AND e.lease_owner = $1
              RETURNING e.org_id, e.id, e.attempts, i.kind, i.attempted_at, i.status_code, i.error, i.duration_ms),
-         released AS ({RELEASE_RECORDED}),
          logged AS (
              INSERT INTO delivery_attempts AS a
                  (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
@@ -301,9 +215,9 @@ fn record_batch_sql() -> String {
 pub fn claim_due_sql() -> String {
     let claimable = CLAIMABLE.replace("{NOW}", NOW);
     claim_sql(&format!(
-        "SELECT d.org_id, d.id, d.next_attempt_at, d.attempts, d.retry_from FROM organizations o
+        "SELECT d.org_id, d.id FROM organizations o
          CROSS JOIN LATERAL (
-             SELECT e.org_id, e.id, e.next_attempt_at, e.attempts, e.retry_from FROM events e
+             SELECT e.org_id, e.id, e.next_attempt_at FROM events e
              WHERE e.org_id = o.org_id AND e.next_attempt_at <= {NOW} AND {claimable}
              ORDER BY e.next_attempt_at LIMIT $6 FOR UPDATE SKIP LOCKED) d
          WHERE o.webhook_url IS NOT NULL AND o.org_id <> ALL($5::uuid[])
@@ -313,18 +227,15 @@ pub fn claim_due_sql() -> String {
 
 /// The statement of an organisation claim (public so a test can EXPLAIN it): the
 /// listed organisations ($5, with a webhook), each its oldest due attempts, at most its
-/// own count ($6), due from its own start ($7, µs; NULL: the oldest).
+/// own count ($6).
 pub fn claim_orgs_sql() -> String {
     let claimable = CLAIMABLE.replace("{NOW}", NOW);
     claim_sql(&format!(
-        "SELECT d.org_id, d.id, d.next_attempt_at, d.attempts, d.retry_from
-         FROM unnest($5::uuid[], $6::int8[], $7::int8[]) AS r(org_id, room, after)
+        "SELECT d.org_id, d.id FROM unnest($5::uuid[], $6::int8[]) AS r(org_id, room)
          JOIN organizations o ON o.org_id = r.org_id
          CROSS JOIN LATERAL (
-             SELECT e.org_id, e.id, e.next_attempt_at, e.attempts, e.retry_from FROM events e
-             WHERE e.org_id = r.org_id AND e.next_attempt_at <= {NOW}
-               AND e.next_attempt_at >= coalesce(timestamptz 'epoch' + r.after * interval '1 microsecond', '-infinity')
-               AND {claimable}
+             SELECT e.org_id, e.id FROM events e
+             WHERE e.org_id = r.org_id AND e.next_attempt_at <= {NOW} AND {claimable}
              ORDER BY e.next_attempt_at LIMIT r.room FOR UPDATE SKIP LOCKED) d
          WHERE o.webhook_url IS NOT NULL AND $4::int8 IS NOT NULL"
     ))
@@ -338,14 +249,17 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
             claim_orgs: client.prepare(&claim_orgs_sql()).await?,
             claim_ids: client
                 .prepare(&claim_sql(&format!(
-                    "SELECT e.org_id, e.id, e.next_attempt_at, e.attempts, e.retry_from FROM events e
+                    "SELECT e.org_id, e.id FROM events e
                      JOIN unnest($4::uuid[], $5::uuid[]) AS w(org_id, id) ON e.org_id = w.org_id AND e.id = w.id
                      WHERE e.next_attempt_at IS NOT NULL AND {claimable}
                      FOR UPDATE OF e SKIP LOCKED"
                 )))
                 .await?,
             release: client
-                .prepare("DELETE FROM delivery_leases WHERE org_id = $2 AND event_id = $3 AND owner = $1")
+                .prepare(
+                    "UPDATE events SET lease_owner = NULL, lease_until = NULL
+                     WHERE org_id = $2 AND id = $3 AND lease_owner = $1",
+                )
                 .await?,
             delivered: client
                 .prepare(&logged(&format!(
@@ -355,25 +269,23 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                 .await?,
             retry: client
                 .prepare(&logged(&format!(
-                    "attempts = attempts + 1, last_error = $11,
+                    "attempts = attempts + 1, last_error = $10,
                      next_attempt_at = CASE WHEN status = 'delivered' THEN NULL
-                                            ELSE {NOW} + $10::int8 * interval '1 millisecond' END"
+                                            ELSE {NOW} + $9::int8 * interval '1 millisecond' END"
                 )))
                 .await?,
             failed: client
                 .prepare(&logged(
                     "status = CASE WHEN status = 'delivered' THEN status ELSE 'failed' END,
-                     attempts = attempts + 1, last_error = $10, next_attempt_at = NULL",
+                     attempts = attempts + 1, last_error = $9, next_attempt_at = NULL",
                 ))
                 .await?,
             gone: client
                 .prepare(&logged(
-                    "attempts = attempts + 1, last_error = $10::text, next_attempt_at = NULL",
+                    "attempts = attempts + 1, last_error = $9::text, next_attempt_at = NULL",
                 ))
                 .await?,
-            push_off: client
-                .prepare(&format!("{} SELECT 1 FROM recorded", only_owner("next_attempt_at = NULL")))
-                .await?,
+            push_off: client.prepare(&only_owner("next_attempt_at = NULL")).await?,
             record_batch: client.prepare(&record_batch_sql()).await?,
             switch_off: client.prepare(crate::storage::queries::SWITCH_OFF_SQL).await?,
             // Per organisation, then summed: the totals, the largest, and how many
@@ -411,7 +323,6 @@ fn rows_to_claimed(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Claimed>, tokio
                 signing_secret: row.try_get(7)?,
                 previous_secret: row.try_get(8)?,
                 retry_from: row.try_get(9)?,
-                due_at_micros: row.try_get(10)?,
             })
         })
         .collect()
@@ -436,22 +347,20 @@ pub async fn claim_due(
     rows_to_claimed(rows)
 }
 
-/// Claims, of each organisation `(org, n, after)` in `orgs`, up to `n` due attempts,
-/// oldest first, of those due at `after` (µs) or later (`None`: all).
+/// Claims, of each organisation `(org, n)` in `orgs`, up to `n` due attempts, oldest first.
 pub async fn claim_orgs(
     client: &Client,
     statements: &DeliveryStatements,
     owner: Uuid,
     now_micros: i64,
     lease_ms: i64,
-    orgs: &[(Uuid, usize, Option<i64>)],
+    orgs: &[(Uuid, usize)],
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
-    let ids: Vec<Uuid> = orgs.iter().map(|(org, ..)| *org).collect();
-    let rooms: Vec<i64> = orgs.iter().map(|(_, n, _)| *n as i64).collect();
-    let afters: Vec<Option<i64>> = orgs.iter().map(|(.., after)| *after).collect();
+    let ids: Vec<Uuid> = orgs.iter().map(|(org, _)| *org).collect();
+    let rooms: Vec<i64> = orgs.iter().map(|(_, n)| *n as i64).collect();
     let total: i64 = rooms.iter().sum();
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-        [&owner, &now_micros, &lease_ms, &total, &ids, &rooms, &afters];
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&owner, &now_micros, &lease_ms, &total, &ids, &rooms];
     let rows = client.query(&statements.claim_orgs, &parameters).await?;
     rows_to_claimed(rows)
 }
@@ -485,19 +394,22 @@ pub async fn release(
 /// The message of a 410: push is switched off for the organisation.
 pub const GONE_ERROR: &str = "HTTP 410 Gone: push switched off for the organisation";
 
-/// Writes an attempt's outcome and its log row (`outcome.log`) if `owner` still holds
-/// the lease for that attempt; `false` if not. `Record::PushOff` only takes the event
-/// off the schedule: nothing was sent, so no log row is written.
+/// Writes an attempt's outcome and its log row (`attempt`) if `owner` still holds the
+/// lease; `false` if not. `Record::PushOff` only takes the event off the schedule:
+/// nothing was sent, so `attempt` is not written.
+#[allow(clippy::too_many_arguments)]
 pub async fn record(
     client: &Client,
     statements: &DeliveryStatements,
     owner: Uuid,
     now_micros: i64,
-    outcome: &Outcome,
+    org_id: Uuid,
+    id: Uuid,
+    outcome: &Record,
+    attempt: &AttemptLog,
 ) -> Result<bool, tokio_postgres::Error> {
     type Parameter<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let (org_id, attempt) = (outcome.org_id, &outcome.log);
-    let key: [Parameter<'_>; 5] = [&owner, &now_micros, &outcome.org_id, &outcome.id, &outcome.due_at_micros];
+    let key: [Parameter<'_>; 4] = [&owner, &now_micros, &org_id, &id];
     let mut parameters: Vec<Parameter<'_>> = key.to_vec();
     parameters.extend([
         &attempt.attempted_at_micros as Parameter<'_>,
@@ -505,9 +417,9 @@ pub async fn record(
         &attempt.error,
         &attempt.duration_ms,
     ]);
-    let statement = match &outcome.record {
+    let statement = match outcome {
         Record::PushOff => {
-            parameters.truncate(5);
+            parameters.truncate(4);
             &statements.push_off
         }
         Record::Delivered => &statements.delivered,
@@ -525,7 +437,7 @@ pub async fn record(
         }
     };
     let updated = client.execute(statement, &parameters).await?;
-    if outcome.record == Record::Gone {
+    if *outcome == Record::Gone {
         client.execute(&statements.switch_off, &[&org_id]).await?;
     }
     // The key is the primary key and the owner filter is in the WHERE: one row or none.
@@ -538,9 +450,6 @@ pub async fn record(
 pub struct Outcome {
     pub org_id: Uuid,
     pub id: Uuid,
-    /// The attempt's due time as claimed (`Claimed::due_at_micros`): which lease of the
-    /// event the outcome is for.
-    pub due_at_micros: i64,
     pub record: Record,
     pub log: AttemptLog,
 }
@@ -577,8 +486,7 @@ pub async fn record_batch(
     let status_codes: Vec<Option<i16>> = order.iter().map(|o| o.log.status_code).collect();
     let errors: Vec<Option<&str>> = order.iter().map(|o| o.log.error.as_deref()).collect();
     let durations_ms: Vec<i32> = order.iter().map(|o| o.log.duration_ms).collect();
-    let due_at: Vec<i64> = order.iter().map(|o| o.due_at_micros).collect();
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
         &owner,
         &now_micros,
         &org_ids,
@@ -590,7 +498,6 @@ pub async fn record_batch(
         &status_codes,
         &errors,
         &durations_ms,
-        &due_at,
     ];
     let rows = client.query(&statements.record_batch, &parameters).await?;
     let recorded = rows

@@ -24,17 +24,12 @@ pub struct ControlStatements {
 }
 
 /// Makes an event due now with a fresh retry schedule; it is `pending` until that
-/// attempt ends. An attempt in flight loses its lease (`UNLEASE`, while this statement
-/// holds the event's row lock, as every lease write does; see `delivery::store`): its
-/// outcome would otherwise take the event off the schedule again (the request asked
-/// for a push after it), so it is not recorded (the new `next_attempt_at` is no longer
-/// the one its lease was for) and the new attempt follows.
+/// attempt ends. An attempt in flight loses its lease: its outcome would otherwise take
+/// the event off the schedule again (the request asked for a push after it), so it is
+/// not recorded and the new attempt follows.
 const RESCHEDULE: &str =
-    "status = 'pending', delivered_at = NULL, next_attempt_at = now(), retry_from = e.attempts";
-
-/// Deletes the delivery leases of the rows of CTE `scheduled` (`org_id`, `id`).
-const UNLEASE: &str =
-    "unleased AS (DELETE FROM delivery_leases l USING scheduled s WHERE l.org_id = s.org_id AND l.event_id = s.id)";
+    "status = 'pending', delivered_at = NULL, next_attempt_at = now(), retry_from = e.attempts,
+     lease_owner = NULL, lease_until = NULL";
 
 /// Parameters: $1 org, $2 since (µs), $3 how many at most. Candidates are read in id
 /// order (which is creation order) from `since` on, one more than the page to know
@@ -53,8 +48,7 @@ fn replay_sql(status_filter: &str) -> String {
          scheduled AS (
              UPDATE events e SET {RESCHEDULE}
              FROM picked p WHERE e.org_id = p.org_id AND e.id = p.id
-             RETURNING e.org_id, e.id),
-         {UNLEASE}
+             RETURNING 1)
          SELECT coalesce((SELECT pushing FROM o), false), (SELECT count(*) FROM scheduled),
                 (SELECT {} FROM candidates ORDER BY id OFFSET $3::int8 LIMIT 1)",
         micros("created_at")
@@ -93,8 +87,7 @@ pub async fn prepare(client: &Client) -> Result<ControlStatements, tokio_postgre
                  scheduled AS (
                      UPDATE events e SET {RESCHEDULE}
                      WHERE e.org_id = $1 AND e.id = $2 AND (SELECT pushing FROM o)
-                     RETURNING e.org_id, e.id),
-                 {UNLEASE}
+                     RETURNING 1)
                  SELECT EXISTS (SELECT 1 FROM events WHERE org_id = $1 AND id = $2),
                         coalesce((SELECT pushing FROM o), false)"
             ))

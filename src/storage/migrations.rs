@@ -26,8 +26,6 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "stream_order", include_str!("migrations/0007_stream_order.sql")),
     (8, "delivery_control", include_str!("migrations/0008_delivery_control.sql")),
     (9, "rate_budgets", include_str!("migrations/0009_rate_budgets.sql")),
-    (10, "delivery_leases", include_str!("migrations/0010_delivery_leases.sql")),
-    (11, "delivery_lease_attempt", include_str!("migrations/0011_delivery_lease_attempt.sql")),
 ];
 
 /// Arbitrary constant naming triggerd's migration lock.

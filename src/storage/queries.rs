@@ -22,8 +22,7 @@ use crate::model::{Org, OrgView, Tier};
 pub const SWITCH_OFF_SQL: &str = "
 WITH org AS (UPDATE organizations SET webhook_url = NULL, updated_at = now() WHERE org_id = $1 RETURNING org_id)
 UPDATE events SET next_attempt_at = NULL
-WHERE org_id = (SELECT org_id FROM org) AND next_attempt_at IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM delivery_leases l WHERE l.org_id = events.org_id AND l.event_id = events.id)";
+WHERE org_id = (SELECT org_id FROM org) AND next_attempt_at IS NOT NULL AND lease_owner IS NULL";
 
 const MICROS: &str = "(extract(epoch FROM {}) * 1000000)::int8";
 

@@ -49,7 +49,6 @@ pub struct Report {
     pub undelivered_dropped: Vec<(String, u64)>,
     pub dedup_claims_deleted: u64,
     pub consumer_leases_deleted: u64,
-    pub delivery_leases_deleted: u64,
     /// Attempt log rows of events in dropped partitions.
     pub attempts_deleted: u64,
 }
@@ -107,18 +106,6 @@ pub async fn maintain(
     // later it goes.
     report.consumer_leases_deleted = client
         .execute("DELETE FROM consumer_leases WHERE expires_at < now() - interval '1 day'", &[])
-        .await?;
-    // A delivery lease is deleted by its outcome; one whose outcome was never written
-    // (its process died, the write failed, the outcome was refused) stays until a
-    // claim takes it over. A day after expiry it goes. Rows a claim holds are skipped, not waited for, so
-    // the sweep never waits while holding a lease row.
-    report.delivery_leases_deleted = client
-        .execute(
-            "DELETE FROM delivery_leases WHERE (org_id, event_id) IN (
-                 SELECT org_id, event_id FROM delivery_leases
-                 WHERE until < now() - interval '1 day' FOR UPDATE SKIP LOCKED)",
-            &[],
-        )
         .await?;
     Ok(report)
 }
