@@ -374,19 +374,30 @@ fn leases_with_an_injected_clock() {
             let (client, statements) = (&client, &statements);
             async move { store::claim_due(client, statements, owner, now, lease_ms, 10, 8, &excluded).await.unwrap().len() }
         };
+        // The outcome of the attempt claimed at `claimed_at` (its lease's expiry follows).
+        let outcome = |claimed_at: i64, record: Record| store::Outcome {
+            org_id,
+            id: event_id,
+            lease_until_micros: claimed_at + lease_ms * 1000,
+            record,
+            log: attempt.clone(),
+        };
         assert_eq!(claim(a, T0 - 1, vec![]).await, 0, "not due yet");
         assert_eq!(claim(a, T0, vec![]).await, 1, "due at T0");
         assert_eq!(claim(b, T0 + 30_000_000, vec![]).await, 0, "leased to A");
         assert_eq!(claim(b, T0 + 61_000_000, vec![org_id]).await, 0, "a saturated organisation is skipped");
         assert_eq!(claim(b, T0 + 61_000_000, vec![]).await, 1, "A's lease expired: B takes the attempt over");
-        let stale = store::record(&client, &statements, a, T0 + 62_000_000, org_id, event_id, &Record::Delivered, &attempt);
-        assert!(!stale.await.unwrap(), "A no longer holds the lease and cannot record");
+        let stale = outcome(T0, Record::Delivered);
+        let stale = store::record(&client, &statements, a, T0 + 62_000_000, &stale).await.unwrap();
+        assert!(!stale, "A no longer holds the lease and cannot record");
         let retry = Record::Retry { delay_ms: 5_000, error: "HTTP 500".into() };
-        assert!(store::record(&client, &statements, b, T0 + 62_000_000, org_id, event_id, &retry, &attempt).await.unwrap());
+        let retried = outcome(T0 + 61_000_000, retry);
+        assert!(store::record(&client, &statements, b, T0 + 62_000_000, &retried).await.unwrap());
         assert_eq!(claim(a, T0 + 66_999_999, vec![]).await, 0, "the retry is due 5 s after the failure");
         assert_eq!(claim(a, T0 + 67_000_000, vec![]).await, 1);
         let failed = Record::Failed { error: "HTTP 500".into() };
-        assert!(store::record(&client, &statements, a, T0 + 68_000_000, org_id, event_id, &failed, &attempt).await.unwrap());
+        let failed = outcome(T0 + 67_000_000, failed);
+        assert!(store::record(&client, &statements, a, T0 + 68_000_000, &failed).await.unwrap());
         assert_eq!(claim(b, T0 + 999_000_000, vec![]).await, 0, "a failed event is never due again");
         // Each recorded outcome wrote its attempt's row in the same statement; the stale
         // owner's wrote nothing.
@@ -400,6 +411,106 @@ fn leases_with_an_injected_clock() {
         assert_eq!(logged, [1, 2]);
         drop(client);
         let _ = driver.await;
+    });
+}
+
+#[test]
+fn an_outcome_is_recorded_only_for_its_own_attempt_across_a_redelivery() {
+    // Regression: outcomes were matched by owner alone. When the same process claimed a
+    // redelivered event while its earlier attempt still ran, that attempt's outcome was
+    // recorded under the new lease and cleared it, and the redelivery's own outcome was
+    // refused and lost.
+    use triggerd::delivery::store::{self, DeliveryStatements, Outcome, Record};
+    use triggerd::storage::pg::PrepareStatements;
+    let database = FreshDatabase::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client
+        };
+        let mut client = connect().await;
+        triggerd::storage::migrations::migrate(&mut client).await.unwrap();
+        let (org_id, event_id, owner) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        client
+            .batch_execute(&format!(
+                "INSERT INTO organizations (org_id, name, tier, rate_limit_per_minute, webhook_url, signing_secret)
+                 VALUES ('{org_id}', 'redelivered', 'pro', 1000, 'http://127.0.0.1:9/', 'whsec_x');
+                 INSERT INTO events (org_id, id, type, payload, created_at, next_attempt_at)
+                 VALUES ('{org_id}', '{event_id}', 't', '{{}}', now(), now());"
+            ))
+            .await
+            .unwrap();
+        let statements = DeliveryStatements::prepare(&client).await.unwrap();
+        let now = || triggerd::util::time::unix_micros(std::time::SystemTime::now());
+        let claim = || async {
+            let claimed = store::claim_due(&client, &statements, owner, now(), 60_000, 10, 8, &[]).await.unwrap();
+            assert_eq!(claimed.len(), 1);
+            claimed[0].lease_until_micros
+        };
+        let delivered = |lease_until_micros: i64| Outcome {
+            org_id,
+            id: event_id,
+            lease_until_micros,
+            record: Record::Delivered,
+            log: store::AttemptLog { attempted_at_micros: now(), status_code: Some(204), error: None, duration_ms: 1 },
+        };
+        let first = claim().await;
+        // A redelivery (as `storage::control` writes it: the event due again, the attempt
+        // in flight unleased) holds the event's row lock while the first attempt's
+        // outcome is written: the outcome waits for it, then finds the lease gone.
+        let operator = connect().await;
+        let operator_pid: i32 = operator.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        operator
+            .batch_execute(&format!(
+                "BEGIN;
+                 UPDATE events SET status = 'pending', next_attempt_at = now(), retry_from = attempts,
+                                   lease_owner = NULL, lease_until = NULL
+                 WHERE org_id = '{org_id}' AND id = '{event_id}';"
+            ))
+            .await
+            .unwrap();
+        let outcome = delivered(first);
+        let recorded = store::record(&client, &statements, owner, now(), &outcome);
+        let observer = connect().await;
+        let commit_once_waiting = async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let waiting: i64 = observer
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pg_blocking_pids(pid) @> ARRAY[$1::int4]",
+                        &[&operator_pid],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if waiting > 0 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the outcome never waited for the redelivery");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            operator.batch_execute("COMMIT").await.unwrap();
+        };
+        let (recorded, ()) = tokio::join!(recorded, commit_once_waiting);
+        assert!(!recorded.unwrap(), "the outcome of the attempt before the redelivery is not recorded");
+        let row = client
+            .query_one("SELECT status, next_attempt_at IS NOT NULL FROM events WHERE id = $1", &[&event_id])
+            .await
+            .unwrap();
+        assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("pending".to_string(), true), "still due");
+        // The same process claims the redelivery while it still runs the first attempt:
+        // the first attempt's outcome does not take the new lease; the new one's does.
+        let second = claim().await;
+        assert_ne!(first, second);
+        let late = store::record(&client, &statements, owner, now(), &delivered(first)).await.unwrap();
+        assert!(!late, "an outcome is only for the attempt it was claimed as");
+        let late = store::record_batch(&client, &statements, owner, now(), &[delivered(first)]).await.unwrap();
+        assert!(late.is_empty(), "the engine's batch of outcomes checks the lease as well");
+        assert!(store::record(&client, &statements, owner, now(), &delivered(second)).await.unwrap());
+        let row = client.query_one("SELECT status, attempts FROM events WHERE id = $1", &[&event_id]).await.unwrap();
+        assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("delivered".to_string(), 1));
     });
 }
 

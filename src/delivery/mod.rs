@@ -519,9 +519,7 @@ impl Engine {
         self.releasing.set(self.releasing.get() + 1);
         tokio::task::spawn_local(async move {
             let released = match engine.connection().await {
-                Ok(c) => {
-                    store::release(&c.client, &c.statements, engine.owner, claimed.org_id, claimed.id).await
-                }
+                Ok(c) => store::release(&c.client, &c.statements, engine.owner, &claimed).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = released {
@@ -570,7 +568,13 @@ impl Engine {
         };
         self.metrics.outcome(&record);
         log_attempt(&claimed, &record, elapsed, self.config.log_every_attempt);
-        let outcome = Outcome { org_id: claimed.org_id, id: claimed.id, record, log };
+        let outcome = Outcome {
+            org_id: claimed.org_id,
+            id: claimed.id,
+            lease_until_micros: claimed.lease_until_micros,
+            record,
+            log,
+        };
         self.outcomes.borrow_mut().push(outcome);
         self.outcomes_queued.notify_one();
     }
@@ -606,11 +610,7 @@ impl Engine {
     /// Writes one attempt's outcome alone (`record_batch`'s fallback).
     async fn record(&self, outcome: &Outcome) {
         let written = match self.writer_connection.get().await {
-            Ok(c) => {
-                let (org_id, id, owner) = (outcome.org_id, outcome.id, self.owner);
-                let (record, log) = (&outcome.record, &outcome.log);
-                store::record(&c.client, &c.statements, owner, now_micros(), org_id, id, record, log).await
-            }
+            Ok(c) => store::record(&c.client, &c.statements, self.owner, now_micros(), outcome).await,
             Err(e) => Err(e),
         };
         match written {
@@ -649,6 +649,7 @@ mod tests {
             event_type: "t\"x".into(),
             payload: r#"{"n": 1.50}"#.into(),
             created_at_micros: 0,
+            lease_until_micros: 0,
             attempts: 0,
             retry_from: 0,
             webhook_url: None,

@@ -5,7 +5,17 @@
 //! An attempt is claimed by setting a lease (`lease_owner`, `lease_until`) in the same
 //! statement that selects it `FOR UPDATE SKIP LOCKED`: two processes never claim the
 //! same attempt, and a process that dies mid-delivery loses its leases when they expire.
-//! Outcomes are recorded only by the lease's owner.
+//!
+//! An outcome (or a give-back) names its lease, owner and expiry, and is written only
+//! while the event still holds that lease. The owner alone is not enough: after a
+//! redelivery, or after its own lease expired, the same process may claim the event
+//! again while its earlier attempt still runs, and that attempt's outcome would then
+//! be recorded under the new lease and clear it, so the new attempt's outcome was
+//! refused and lost (and a retry recorded by it could be claimed while the new attempt
+//! was still in flight). A claim's expiry is `now + lease` at its own clock reading, so
+//! two claims of one event hold different leases. An outcome waiting for the event's
+//! row lock behind a redelivery is rechecked by PostgreSQL on the row's new version,
+//! whose lease is gone: it is refused, and the redelivery happens.
 
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
@@ -14,6 +24,15 @@ use super::metrics::Backlog;
 use crate::handoff::commands::ATTEMPTS_KEPT;
 
 const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
+
+/// A claim's lease expiry, $3 (µs since the epoch). Outcomes compare the lease with the
+/// same expression of the same number, so equality is exact.
+const UNTIL: &str = "(timestamptz 'epoch' + $3::int8 * interval '1 microsecond')";
+
+/// `lease_until` as an outcome names it: the expression of `UNTIL` on `micros`.
+fn lease_is(micros: &str) -> String {
+    format!("lease_until = timestamptz 'epoch' + {micros}::int8 * interval '1 microsecond'")
+}
 
 /// Settings of the engine's claiming connection (`Engine::connection`). A claim is
 /// `ORDER BY next_attempt_at LIMIT n` per organisation over every daily partition; the only plan that reads O(n) rows is a
@@ -52,6 +71,9 @@ pub struct Claimed {
     /// The payload as JSON text.
     pub payload: String,
     pub created_at_micros: i64,
+    /// When this claim's lease expires (µs since the epoch): with the owner, which lease
+    /// of the event is this attempt's (see the module's comment).
+    pub lease_until_micros: i64,
     /// Attempts made before this one.
     pub attempts: i32,
     /// Attempts made before the event was last redelivered or replayed: the retry
@@ -117,7 +139,7 @@ pub struct DeliveryStatements {
 fn claim_sql(due: &str) -> String {
     format!(
         "WITH due AS ({due})
-         UPDATE events e SET lease_owner = $1, lease_until = {NOW} + $3::int8 * interval '1 millisecond'
+         UPDATE events e SET lease_owner = $1, lease_until = {UNTIL}
          FROM due, organizations o
          WHERE e.org_id = due.org_id AND e.id = due.id AND o.org_id = e.org_id
          RETURNING e.org_id, e.id, e.type, e.payload::text,
@@ -131,16 +153,18 @@ fn claim_sql(due: &str) -> String {
 /// Shared condition: a pending delivery whose attempt nobody holds.
 const CLAIMABLE: &str = "e.status = 'pending' AND (e.lease_until IS NULL OR e.lease_until < {NOW})";
 
+/// The outcome `set` of event $3/$4 if $1 still holds the lease expiring at $5 (µs).
 fn only_owner(set: &str) -> String {
     format!(
         "UPDATE events SET {set}, lease_owner = NULL, lease_until = NULL
-         WHERE org_id = $3 AND id = $4 AND lease_owner = $1 AND $2::int8 IS NOT NULL"
+         WHERE org_id = $3 AND id = $4 AND lease_owner = $1 AND {} AND $2::int8 IS NOT NULL",
+        lease_is("$5")
     )
 }
 
-/// An outcome written together with its attempt's log row, in one statement: $5 when
-/// the attempt started (µs), $6 the status code, $7 the error, $8 the duration (ms);
-/// the outcome's own parameters follow from $9. Attempt n takes slot n % 50, so the
+/// An outcome written together with its attempt's log row, in one statement: $6 when
+/// the attempt started (µs), $7 the status code, $8 the error, $9 the duration (ms);
+/// the outcome's own parameters follow from $10. Attempt n takes slot n % 50, so the
 /// last 50 are kept.
 fn logged(set: &str) -> String {
     format!(
@@ -148,7 +172,7 @@ fn logged(set: &str) -> String {
          INSERT INTO delivery_attempts AS a
              (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
          SELECT org_id, id, attempts % {ATTEMPTS_KEPT}, attempts,
-                timestamptz 'epoch' + $5::int8 * interval '1 microsecond', $6::int2, $7::text, $8::int4
+                timestamptz 'epoch' + $6::int8 * interval '1 microsecond', $7::int2, $8::text, $9::int4
          FROM recorded
          ON CONFLICT (org_id, event_id, slot) DO UPDATE
              SET attempt = excluded.attempt, attempted_at = excluded.attempted_at,
@@ -173,13 +197,16 @@ fn kind(record: &Record) -> i16 {
 /// gone, 4 push off (no attempt row). $1 owner, $2 now; then one array per column:
 /// $3 org, $4 id, $5 kind, $6 retry delay (ms), $7 the event's `last_error`, $8 when
 /// the attempt started (µs), $9 its status code, $10 its logged error, $11 its
-/// duration (ms). Returns the events whose lease `owner` still held.
+/// duration (ms), $12 the expiry of the attempt's lease (µs). Returns the events whose
+/// lease `owner` still held.
 fn record_batch_sql() -> String {
+    let leased = lease_is("i.lease_until");
     format!(
         "WITH input AS (
              SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::int2[], $6::int8[], $7::text[],
-                                  $8::int8[], $9::int2[], $10::text[], $11::int4[])
-                 AS i(org_id, id, kind, delay_ms, last_error, attempted_at, status_code, error, duration_ms)),
+                                  $8::int8[], $9::int2[], $10::text[], $11::int4[], $12::int8[])
+                 AS i(org_id, id, kind, delay_ms, last_error, attempted_at, status_code, error, duration_ms,
+                      lease_until)),
          recorded AS (
              UPDATE events e SET
                  status = CASE WHEN i.kind = 0 THEN 'delivered'
@@ -193,7 +220,7 @@ fn record_batch_sql() -> String {
                                    ELSE i.last_error END,
                  lease_owner = NULL, lease_until = NULL
              FROM input i
-             WHERE e.org_id = i.org_id AND e.id = i.id AND e.lease_owner = $1
+             WHERE e.org_id = i.org_id AND e.id = i.id AND e.lease_owner = $1 AND e.{leased}
              RETURNING e.org_id, e.id, e.attempts, i.kind, i.attempted_at, i.status_code, i.error, i.duration_ms),
          logged AS (
              INSERT INTO delivery_attempts AS a
@@ -256,10 +283,11 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                 )))
                 .await?,
             release: client
-                .prepare(
+                .prepare(&format!(
                     "UPDATE events SET lease_owner = NULL, lease_until = NULL
-                     WHERE org_id = $2 AND id = $3 AND lease_owner = $1",
-                )
+                     WHERE org_id = $2 AND id = $3 AND lease_owner = $1 AND {}",
+                    lease_is("$4")
+                ))
                 .await?,
             delivered: client
                 .prepare(&logged(&format!(
@@ -269,20 +297,20 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
                 .await?,
             retry: client
                 .prepare(&logged(&format!(
-                    "attempts = attempts + 1, last_error = $10,
+                    "attempts = attempts + 1, last_error = $11,
                      next_attempt_at = CASE WHEN status = 'delivered' THEN NULL
-                                            ELSE {NOW} + $9::int8 * interval '1 millisecond' END"
+                                            ELSE {NOW} + $10::int8 * interval '1 millisecond' END"
                 )))
                 .await?,
             failed: client
                 .prepare(&logged(
                     "status = CASE WHEN status = 'delivered' THEN status ELSE 'failed' END,
-                     attempts = attempts + 1, last_error = $9, next_attempt_at = NULL",
+                     attempts = attempts + 1, last_error = $10, next_attempt_at = NULL",
                 ))
                 .await?,
             gone: client
                 .prepare(&logged(
-                    "attempts = attempts + 1, last_error = $9::text, next_attempt_at = NULL",
+                    "attempts = attempts + 1, last_error = $10::text, next_attempt_at = NULL",
                 ))
                 .await?,
             push_off: client.prepare(&only_owner("next_attempt_at = NULL")).await?,
@@ -309,7 +337,15 @@ impl crate::storage::pg::PrepareStatements for DeliveryStatements {
     }
 }
 
-fn rows_to_claimed(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+/// A claim's lease expiry: `now + lease`, µs.
+fn lease_until(now_micros: i64, lease_ms: i64) -> i64 {
+    now_micros.saturating_add(lease_ms.saturating_mul(1000))
+}
+
+fn rows_to_claimed(
+    rows: Vec<tokio_postgres::Row>,
+    lease_until_micros: i64,
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
     rows.iter()
         .map(|row| {
             Ok(Claimed {
@@ -318,6 +354,7 @@ fn rows_to_claimed(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Claimed>, tokio
                 event_type: row.try_get(2)?,
                 payload: row.try_get(3)?,
                 created_at_micros: row.try_get(4)?,
+                lease_until_micros,
                 attempts: row.try_get(5)?,
                 webhook_url: row.try_get(6)?,
                 signing_secret: row.try_get(7)?,
@@ -341,10 +378,11 @@ pub async fn claim_due(
     per_org: i64,
     excluded: &[Uuid],
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let until = lease_until(now_micros, lease_ms);
     let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-        [&owner, &now_micros, &lease_ms, &limit, &excluded, &per_org];
+        [&owner, &now_micros, &until, &limit, &excluded, &per_org];
     let rows = client.query(&statements.claim_due, &parameters).await?;
-    rows_to_claimed(rows)
+    rows_to_claimed(rows, until)
 }
 
 /// Claims, of each organisation `(org, n)` in `orgs`, up to `n` due attempts, oldest first.
@@ -359,10 +397,11 @@ pub async fn claim_orgs(
     let ids: Vec<Uuid> = orgs.iter().map(|(org, _)| *org).collect();
     let rooms: Vec<i64> = orgs.iter().map(|(_, n)| *n as i64).collect();
     let total: i64 = rooms.iter().sum();
+    let until = lease_until(now_micros, lease_ms);
     let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-        [&owner, &now_micros, &lease_ms, &total, &ids, &rooms];
+        [&owner, &now_micros, &until, &total, &ids, &rooms];
     let rows = client.query(&statements.claim_orgs, &parameters).await?;
-    rows_to_claimed(rows)
+    rows_to_claimed(rows, until)
 }
 
 /// Claims the given events (just committed) if their first attempt is still unclaimed.
@@ -376,40 +415,40 @@ pub async fn claim_ids(
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
     let orgs: Vec<Uuid> = events.iter().map(|(org, _)| *org).collect();
     let ids: Vec<Uuid> = events.iter().map(|(_, id)| *id).collect();
-    let rows = client.query(&statements.claim_ids, &[&owner, &now_micros, &lease_ms, &orgs, &ids]).await?;
-    rows_to_claimed(rows)
+    let until = lease_until(now_micros, lease_ms);
+    let rows = client.query(&statements.claim_ids, &[&owner, &now_micros, &until, &orgs, &ids]).await?;
+    rows_to_claimed(rows, until)
 }
 
-/// Gives a claimed attempt back unattempted.
+/// Gives a claimed attempt back unattempted, if its lease is still held.
 pub async fn release(
     client: &Client,
     statements: &DeliveryStatements,
     owner: Uuid,
-    org_id: Uuid,
-    id: Uuid,
+    claimed: &Claimed,
 ) -> Result<(), tokio_postgres::Error> {
-    client.execute(&statements.release, &[&owner, &org_id, &id]).await.map(drop)
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&owner, &claimed.org_id, &claimed.id, &claimed.lease_until_micros];
+    client.execute(&statements.release, &parameters).await.map(drop)
 }
 
 /// The message of a 410: push is switched off for the organisation.
 pub const GONE_ERROR: &str = "HTTP 410 Gone: push switched off for the organisation";
 
-/// Writes an attempt's outcome and its log row (`attempt`) if `owner` still holds the
-/// lease; `false` if not. `Record::PushOff` only takes the event off the schedule:
-/// nothing was sent, so `attempt` is not written.
-#[allow(clippy::too_many_arguments)]
+/// Writes an attempt's outcome and its log row (`outcome.log`) if `owner` still holds
+/// the attempt's lease; `false` if not. `Record::PushOff` only takes the event off the
+/// schedule: nothing was sent, so no log row is written.
 pub async fn record(
     client: &Client,
     statements: &DeliveryStatements,
     owner: Uuid,
     now_micros: i64,
-    org_id: Uuid,
-    id: Uuid,
-    outcome: &Record,
-    attempt: &AttemptLog,
+    outcome: &Outcome,
 ) -> Result<bool, tokio_postgres::Error> {
     type Parameter<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let key: [Parameter<'_>; 4] = [&owner, &now_micros, &org_id, &id];
+    let (org_id, attempt) = (outcome.org_id, &outcome.log);
+    let key: [Parameter<'_>; 5] =
+        [&owner, &now_micros, &outcome.org_id, &outcome.id, &outcome.lease_until_micros];
     let mut parameters: Vec<Parameter<'_>> = key.to_vec();
     parameters.extend([
         &attempt.attempted_at_micros as Parameter<'_>,
@@ -417,9 +456,9 @@ pub async fn record(
         &attempt.error,
         &attempt.duration_ms,
     ]);
-    let statement = match outcome {
+    let statement = match &outcome.record {
         Record::PushOff => {
-            parameters.truncate(4);
+            parameters.truncate(5);
             &statements.push_off
         }
         Record::Delivered => &statements.delivered,
@@ -437,7 +476,7 @@ pub async fn record(
         }
     };
     let updated = client.execute(statement, &parameters).await?;
-    if *outcome == Record::Gone {
+    if outcome.record == Record::Gone {
         client.execute(&statements.switch_off, &[&org_id]).await?;
     }
     // The key is the primary key and the owner filter is in the WHERE: one row or none.
@@ -450,12 +489,15 @@ pub async fn record(
 pub struct Outcome {
     pub org_id: Uuid,
     pub id: Uuid,
+    /// The expiry of the attempt's lease (`Claimed::lease_until_micros`): which lease of
+    /// the event the outcome is for.
+    pub lease_until_micros: i64,
     pub record: Record,
     pub log: AttemptLog,
 }
 
 /// Writes many outcomes in one statement (one commit), as `record` writes each, if
-/// `owner` still holds their leases. Returns the events written; the others' leases
+/// `owner` still holds their attempts' leases. Returns the events written; the others' leases
 /// were lost. The rows are given in (org, id) order, so that concurrent statements
 /// locking events in key order wait for it instead of deadlocking with it.
 pub async fn record_batch(
@@ -486,7 +528,8 @@ pub async fn record_batch(
     let status_codes: Vec<Option<i16>> = order.iter().map(|o| o.log.status_code).collect();
     let errors: Vec<Option<&str>> = order.iter().map(|o| o.log.error.as_deref()).collect();
     let durations_ms: Vec<i32> = order.iter().map(|o| o.log.duration_ms).collect();
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+    let leases_until: Vec<i64> = order.iter().map(|o| o.lease_until_micros).collect();
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
         &owner,
         &now_micros,
         &org_ids,
@@ -498,6 +541,7 @@ pub async fn record_batch(
         &status_codes,
         &errors,
         &durations_ms,
+        &leases_until,
     ];
     let rows = client.query(&statements.record_batch, &parameters).await?;
     let recorded = rows
