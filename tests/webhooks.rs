@@ -445,9 +445,9 @@ fn an_outcome_is_recorded_only_for_its_own_attempt_across_a_redelivery() {
         let statements = DeliveryStatements::prepare(&client).await.unwrap();
         let now = || triggerd::util::time::unix_micros(std::time::SystemTime::now());
         let claim = || async {
-            let claimed = store::claim_due(&client, &statements, owner, now(), 60_000, 10, 8, &[]).await.unwrap();
+            let mut claimed = store::claim_due(&client, &statements, owner, now(), 60_000, 10, 8, &[]).await.unwrap();
             assert_eq!(claimed.len(), 1);
-            claimed[0].lease_until_micros
+            claimed.remove(0)
         };
         let delivered = |lease_until_micros: i64| Outcome {
             org_id,
@@ -457,6 +457,7 @@ fn an_outcome_is_recorded_only_for_its_own_attempt_across_a_redelivery() {
             log: store::AttemptLog { attempted_at_micros: now(), status_code: Some(204), error: None, duration_ms: 1 },
         };
         let first = claim().await;
+        let first_lease = first.lease_until_micros;
         // A redelivery (as `storage::control` writes it: the event due again, the attempt
         // in flight unleased) holds the event's row lock while the first attempt's
         // outcome is written: the outcome waits for it, then finds the lease gone.
@@ -465,13 +466,13 @@ fn an_outcome_is_recorded_only_for_its_own_attempt_across_a_redelivery() {
         operator
             .batch_execute(&format!(
                 "BEGIN;
-                 UPDATE events SET status = 'pending', next_attempt_at = now(), retry_from = attempts,
-                                   lease_owner = NULL, lease_until = NULL
+                 UPDATE events SET status = 'pending', delivered_at = NULL, next_attempt_at = now(),
+                                   retry_from = attempts, lease_owner = NULL, lease_until = NULL
                  WHERE org_id = '{org_id}' AND id = '{event_id}';"
             ))
             .await
             .unwrap();
-        let outcome = delivered(first);
+        let outcome = delivered(first_lease);
         let recorded = store::record(&client, &statements, owner, now(), &outcome);
         let observer = connect().await;
         let commit_once_waiting = async {
@@ -502,13 +503,19 @@ fn an_outcome_is_recorded_only_for_its_own_attempt_across_a_redelivery() {
         assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("pending".to_string(), true), "still due");
         // The same process claims the redelivery while it still runs the first attempt:
         // the first attempt's outcome does not take the new lease; the new one's does.
-        let second = claim().await;
-        assert_ne!(first, second);
-        let late = store::record(&client, &statements, owner, now(), &delivered(first)).await.unwrap();
+        let second = claim().await.lease_until_micros;
+        assert_ne!(first_lease, second);
+        let late = store::record(&client, &statements, owner, now(), &delivered(first_lease)).await.unwrap();
         assert!(!late, "an outcome is only for the attempt it was claimed as");
-        let late = store::record_batch(&client, &statements, owner, now(), &[delivered(first)]).await.unwrap();
-        assert!(late.is_empty(), "the engine's batch of outcomes checks the lease as well");
-        assert!(store::record(&client, &statements, owner, now(), &delivered(second)).await.unwrap());
+        // Nor does giving the earlier attempt back free the new one's lease.
+        store::release(&client, &statements, owner, &first).await.unwrap();
+        let held = client.query_one("SELECT lease_owner FROM events WHERE id = $1", &[&event_id]).await.unwrap();
+        assert_eq!(held.get::<_, Option<uuid::Uuid>>(0), Some(owner), "the redelivery's lease is still held");
+        // The engine's batch may hold both outcomes: only the redelivery's is recorded,
+        // and the batch says which.
+        let both = [delivered(first_lease), delivered(second)];
+        let recorded = store::record_batch(&client, &statements, owner, now(), &both).await.unwrap();
+        assert_eq!(recorded, [both[1].attempt()]);
         let row = client.query_one("SELECT status, attempts FROM events WHERE id = $1", &[&event_id]).await.unwrap();
         assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("delivered".to_string(), 1));
     });
@@ -592,7 +599,8 @@ fn a_claim_reads_only_the_head_of_a_backlog() {
                 .batch_execute(&format!("PREPARE {name} (uuid, int8, int8, int8, uuid[], {last_type}) AS {sql}"))
                 .await
                 .unwrap();
-            let explain = format!("EXPLAIN (ANALYZE) EXECUTE {name}('{owner}', {now}, {lease_ms}, 64, {last_arguments})");
+            let until = now + lease_ms * 1000;
+            let explain = format!("EXPLAIN (ANALYZE) EXECUTE {name}('{owner}', {now}, {until}, 64, {last_arguments})");
             let plan: Vec<String> = client.query(&explain, &[]).await.unwrap().iter().map(|row| row.get(0)).collect();
             // "(actual time=… rows=R loops=L)": rows per loop, and loops.
             let actual = |line: &str| -> Option<(u64, u64)> {

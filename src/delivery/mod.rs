@@ -579,8 +579,9 @@ impl Engine {
         self.outcomes_queued.notify_one();
     }
 
-    /// Writes outcomes in one statement. Only the lease's owner may (`store` filters by
-    /// owner); a lease lost meanwhile means another claim owns the attempt now. If the
+    /// Writes outcomes in one statement. Only the holder of an attempt's own lease may
+    /// (`store` filters by owner and lease expiry); a lease lost meanwhile means another
+    /// claim owns the attempt now. If the
     /// statement fails, each outcome is tried alone, so that one bad row costs only
     /// its own attempt a repeat.
     async fn record_batch(&self, batch: &[Outcome]) {
@@ -590,7 +591,7 @@ impl Engine {
         };
         match written {
             Ok(recorded) => {
-                for outcome in batch.iter().filter(|o| !recorded.contains(&(o.org_id, o.id))) {
+                for outcome in batch.iter().filter(|o| !recorded.contains(&o.attempt())) {
                     tracing::warn!(event = %outcome.id, "lease lost before the outcome was recorded");
                 }
             }

@@ -197,8 +197,8 @@ fn kind(record: &Record) -> i16 {
 /// gone, 4 push off (no attempt row). $1 owner, $2 now; then one array per column:
 /// $3 org, $4 id, $5 kind, $6 retry delay (ms), $7 the event's `last_error`, $8 when
 /// the attempt started (µs), $9 its status code, $10 its logged error, $11 its
-/// duration (ms), $12 the expiry of the attempt's lease (µs). Returns the events whose
-/// lease `owner` still held.
+/// duration (ms), $12 the expiry of the attempt's lease (µs). Returns the outcomes
+/// recorded, as (org, event, lease expiry): those whose lease `owner` still held.
 fn record_batch_sql() -> String {
     let leased = lease_is("i.lease_until");
     format!(
@@ -221,7 +221,8 @@ fn record_batch_sql() -> String {
                  lease_owner = NULL, lease_until = NULL
              FROM input i
              WHERE e.org_id = i.org_id AND e.id = i.id AND e.lease_owner = $1 AND e.{leased}
-             RETURNING e.org_id, e.id, e.attempts, i.kind, i.attempted_at, i.status_code, i.error, i.duration_ms),
+             RETURNING e.org_id, e.id, e.attempts, i.kind, i.attempted_at, i.status_code, i.error, i.duration_ms,
+                       i.lease_until),
          logged AS (
              INSERT INTO delivery_attempts AS a
                  (org_id, event_id, slot, attempt, attempted_at, status_code, error, duration_ms)
@@ -232,7 +233,7 @@ fn record_batch_sql() -> String {
                  SET attempt = excluded.attempt, attempted_at = excluded.attempted_at,
                      status_code = excluded.status_code, error = excluded.error,
                      duration_ms = excluded.duration_ms)
-         SELECT org_id, id FROM recorded"
+         SELECT org_id, id, lease_until FROM recorded"
     )
 }
 
@@ -476,7 +477,8 @@ pub async fn record(
         }
     };
     let updated = client.execute(statement, &parameters).await?;
-    if outcome.record == Record::Gone {
+    // A 410 switches push off only if its attempt still held the lease, as in `record_batch`.
+    if outcome.record == Record::Gone && updated == 1 {
         client.execute(&statements.switch_off, &[&org_id]).await?;
     }
     // The key is the primary key and the owner filter is in the WHERE: one row or none.
@@ -496,6 +498,15 @@ pub struct Outcome {
     pub log: AttemptLog,
 }
 
+impl Outcome {
+    /// Which attempt this is, as `record_batch` lists those it recorded: (organisation,
+    /// event, lease expiry). One batch may hold two outcomes of one event (an attempt
+    /// from before a redelivery and the redelivery's).
+    pub fn attempt(&self) -> (Uuid, Uuid, i64) {
+        (self.org_id, self.id, self.lease_until_micros)
+    }
+}
+
 /// Writes many outcomes in one statement (one commit), as `record` writes each, if
 /// `owner` still holds their attempts' leases. Returns the events written; the others' leases
 /// were lost. The rows are given in (org, id) order, so that concurrent statements
@@ -506,7 +517,7 @@ pub async fn record_batch(
     owner: Uuid,
     now_micros: i64,
     outcomes: &[Outcome],
-) -> Result<Vec<(Uuid, Uuid)>, tokio_postgres::Error> {
+) -> Result<Vec<(Uuid, Uuid, i64)>, tokio_postgres::Error> {
     let mut order: Vec<&Outcome> = outcomes.iter().collect();
     order.sort_unstable_by_key(|o| (o.org_id, o.id));
     let org_ids: Vec<Uuid> = order.iter().map(|o| o.org_id).collect();
@@ -546,10 +557,10 @@ pub async fn record_batch(
     let rows = client.query(&statements.record_batch, &parameters).await?;
     let recorded = rows
         .iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect::<Result<Vec<(Uuid, Uuid)>, tokio_postgres::Error>>()?;
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect::<Result<Vec<(Uuid, Uuid, i64)>, tokio_postgres::Error>>()?;
     for outcome in order.iter().filter(|o| o.record == Record::Gone) {
-        if recorded.contains(&(outcome.org_id, outcome.id)) {
+        if recorded.contains(&outcome.attempt()) {
             client.execute(&statements.switch_off, &[&outcome.org_id]).await?;
         }
     }
