@@ -3,7 +3,9 @@
 //! event leased `LEASES_MAX` times without an acknowledgement set aside as `failed`.
 //!
 //! A claim is one statement and costs O(page) at any backlog: free events come from the
-//! head of `events_leaseable` (pending, no lease; oldest first) and expired ones from
+//! head of `events_leaseable` (pending, no lease; oldest first by `created_at, id`, an
+//! order no other index gives, so the planner cannot prefer the primary key and walk
+//! past the acknowledged events: migration 0010) and expired ones from
 //! the head of `events_leased` (pending, leased; earliest expiry first), both locked
 //! with `FOR UPDATE SKIP LOCKED` so concurrent claims, here or on another instance,
 //! never take the same event; the oldest `limit` of those candidates are leased. Live
@@ -34,7 +36,7 @@ fn claim_sql() -> String {
         "WITH free AS (
              SELECT id FROM events
              WHERE org_id = $1 AND status = 'pending' AND consumer_lease IS NULL
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),
+             ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),
          expired AS (
              SELECT id, leases FROM events
              WHERE org_id = $1 AND status = 'pending' AND consumer_lease IS NOT NULL

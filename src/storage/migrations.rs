@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "stream_order", include_str!("migrations/0007_stream_order.sql")),
     (8, "delivery_control", include_str!("migrations/0008_delivery_control.sql")),
     (9, "rate_budgets", include_str!("migrations/0009_rate_budgets.sql")),
+    (10, "leaseable_by_age", include_str!("migrations/0010_leaseable_by_age.sql")),
 ];
 
 /// Arbitrary constant naming triggerd's migration lock.
