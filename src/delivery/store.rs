@@ -508,8 +508,8 @@ impl Outcome {
 }
 
 /// Writes many outcomes in one statement (one commit), as `record` writes each, if
-/// `owner` still holds their attempts' leases. Returns the events written; the others' leases
-/// were lost. The rows are given in (org, id) order, so that concurrent statements
+/// `owner` still holds their attempts' leases. Returns the attempts written
+/// (`Outcome::attempt`); the others' leases were lost. The rows are given in (org, id) order, so that concurrent statements
 /// locking events in key order wait for it instead of deadlocking with it.
 pub async fn record_batch(
     client: &Client,

@@ -3,9 +3,10 @@
 //! event leased `LEASES_MAX` times without an acknowledgement set aside as `failed`.
 //!
 //! A claim is one statement and costs O(page) at any backlog: free events come from the
-//! head of `events_leaseable` (pending, no lease; oldest first by `created_at, id`, an
-//! order no other index gives, so the planner cannot prefer the primary key and walk
-//! past the acknowledged events: migration 0010) and expired ones from
+//! head of `events_leaseable` (pending, no lease; oldest first by `created_at, id`, the
+//! order of ids too, since an event's id carries its `created_at` to the microsecond,
+//! `util::ids`; no other index gives that order, so the planner does not take the
+//! primary key and walk past the acknowledged events: migration 0010) and expired ones from
 //! the head of `events_leased` (pending, leased; earliest expiry first), both locked
 //! with `FOR UPDATE SKIP LOCKED` so concurrent claims, here or on another instance,
 //! never take the same event; the oldest `limit` of those candidates are leased. Live
