@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Conn, FreshDatabase, Org, Server};
+use common::{insert_bulk_events, Conn, FreshDatabase, Org, Server};
 use serde_json::Value;
 
 fn post(server: &Server, org: &Org, path: &str, body: &str) -> common::Response {
@@ -215,20 +215,8 @@ fn a_claim_after_a_drained_head_reads_only_free_events() {
     let other = server.generate("busy", "pro");
     let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
     let org_id: uuid::Uuid = org.id.parse().unwrap();
-    for (org_id, n) in [(other.id.parse::<uuid::Uuid>().unwrap(), 200_000i64), (org_id, 100_000)] {
-        client
-            .execute(
-                "INSERT INTO events (org_id, id, type, payload, created_at)
-                 SELECT $1::uuid, (lpad(to_hex((extract(epoch FROM ts) * 1000)::bigint), 12, '0') || '7'
-                            || substr(md5($1::uuid::text || n), 1, 3) || '8'
-                            || substr(md5($1::uuid::text || n), 4, 15))::uuid,
-                        'bulk', '{}', ts
-                 FROM (SELECT n, now() + n * interval '1 millisecond' AS ts
-                       FROM generate_series(1, $2::int8) AS n) s",
-                &[&org_id, &n],
-            )
-            .unwrap();
-    }
+    insert_bulk_events(&mut client, other.id.parse().unwrap(), 200_000);
+    insert_bulk_events(&mut client, org_id, 100_000);
     client.batch_execute("ANALYZE events").unwrap();
     // Consumers acknowledge the oldest 50 000 (the statistics still say all pending).
     client
@@ -239,16 +227,7 @@ fn a_claim_after_a_drained_head_reads_only_free_events() {
         )
         .unwrap();
     client.batch_execute("VACUUM events").unwrap();
-    let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {}", triggerd::storage::leases::lease_claim_sql());
-    let mut transaction = client.transaction().unwrap();
-    let plan: Vec<String> = transaction
-        .query(&sql, &[&org_id, &100i64, &uuid::Uuid::now_v7(), &60i64, &5i32, &"poison"])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    transaction.rollback().unwrap();
-    let plan = plan.join("\n");
+    let plan = explain_claim(&mut client, org_id);
     assert!(plan.contains("rows=100 loops=1"), "the claim leased a full page:\n{plan}");
     // Rows a scan read and threw away: none of the 50 000 drained ones.
     let removed: u64 = plan
@@ -260,6 +239,21 @@ fn a_claim_after_a_drained_head_reads_only_free_events() {
     // ones read and sorted.
     let rows_read = rows_read_from_leaseable(&mut client, &plan);
     assert!(rows_read <= 1_000, "{rows_read} rows read:\n{plan}");
+}
+
+/// The plan of a lease claim of 100 of `org_id`'s events, run (EXPLAIN ANALYZE) and
+/// rolled back.
+fn explain_claim(client: &mut postgres::Client, org_id: uuid::Uuid) -> String {
+    let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {}", triggerd::storage::leases::lease_claim_sql());
+    let mut transaction = client.transaction().unwrap();
+    let plan: Vec<String> = transaction
+        .query(&sql, &[&org_id, &100i64, &uuid::Uuid::now_v7(), &60i64, &5i32, &"poison"])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    transaction.rollback().unwrap();
+    plan.join("\n")
 }
 
 /// Rows the plan's scans of `events_leaseable` returned (each partition has its own
@@ -288,27 +282,9 @@ fn a_claim_reads_only_the_head_of_its_indexes() {
     let org = server.generate("deep", "pro");
     let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
     let org_id: uuid::Uuid = org.id.parse().unwrap();
-    client
-        .execute(
-            "INSERT INTO events (org_id, id, type, payload, created_at)
-             SELECT $1, (lpad(to_hex((extract(epoch FROM ts) * 1000)::bigint), 12, '0') || '7'
-                        || substr(md5(n::text), 1, 3) || '8' || substr(md5(n::text), 4, 15))::uuid,
-                    'bulk', '{}', ts
-             FROM (SELECT n, now() + n * interval '1 millisecond' AS ts FROM generate_series(1, 100000) AS n) s",
-            &[&org_id],
-        )
-        .unwrap();
+    insert_bulk_events(&mut client, org_id, 100_000);
     client.batch_execute("ANALYZE events").unwrap();
-    let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {}", triggerd::storage::leases::lease_claim_sql());
-    let mut transaction = client.transaction().unwrap();
-    let plan: Vec<String> = transaction
-        .query(&sql, &[&org_id, &100i64, &uuid::Uuid::now_v7(), &60i64, &5i32, &"poison"])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    transaction.rollback().unwrap();
-    let plan = plan.join("\n");
+    let plan = explain_claim(&mut client, org_id);
     // A sequential scan only ever touches an empty partition.
     for line in plan.lines().filter(|line| line.contains("Seq Scan")) {
         assert!(

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Conn, FreshDatabase, Org, Server};
+use common::{insert_bulk_events, Conn, FreshDatabase, Org, Server};
 use serde_json::Value;
 
 fn read_stream(server: &Server, org: &Org, query: &str) -> Value {
@@ -383,16 +383,7 @@ fn a_stream_page_reads_only_its_own_rows() {
     let org = server.generate("deep", "pro");
     let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
     let org_id: uuid::Uuid = org.id.parse().unwrap();
-    client
-        .execute(
-            "INSERT INTO events (org_id, id, type, payload, created_at)
-             SELECT $1, (lpad(to_hex((extract(epoch FROM ts) * 1000)::bigint), 12, '0') || '7'
-                        || substr(md5(n::text), 1, 3) || '8' || substr(md5(n::text), 4, 15))::uuid,
-                    'bulk', '{}', ts
-             FROM (SELECT n, now() - n * interval '1 millisecond' AS ts FROM generate_series(1, 100000) AS n) s",
-            &[&org_id],
-        )
-        .unwrap();
+    insert_bulk_events(&mut client, org_id, 100_000);
     client.batch_execute("ANALYZE events").unwrap();
     // The history has one xid (one transaction inserted it): statistics then make the
     // rows after a position look few, and a planner left alone reads them all and

@@ -566,7 +566,7 @@ fn a_claim_reads_only_the_head_of_a_backlog() {
                  SELECT '{org}', (lpad(to_hex((extract(epoch FROM ts) * 1000)::bigint), 12, '0') || '7'
                                   || substr(md5('{org}' || n), 1, 3) || '8' || substr(md5('{org}' || n), 4, 15))::uuid,
                         't', '{{}}', ts, CASE WHEN {scheduled} THEN ts END
-                 FROM (SELECT n, now() - interval '1 minute' + n * interval '1 microsecond' AS ts
+                 FROM (SELECT n, now() + n * interval '1 microsecond' AS ts
                        FROM generate_series(1, {count}) AS n) s;"
             )
         };
@@ -588,7 +588,9 @@ fn a_claim_reads_only_the_head_of_a_backlog() {
         client.batch_execute("SET jit = off").await.unwrap();
         client.batch_execute(store::SESSION).await.unwrap();
         let (owner, lease_ms) = (uuid::Uuid::now_v7(), 60_000i64);
-        let now = triggerd::util::time::unix_micros(std::time::SystemTime::now());
+        // The backlog is dated from now on (a fresh database has partitions from today
+        // on), so the claims run a minute later, when all of it is due.
+        let now = triggerd::util::time::unix_micros(std::time::SystemTime::now()) + 60_000_000;
         // Prepared and executed, as the engine does: the plan is the generic one.
         let claims = [
             ("claim_orgs", store::claim_orgs_sql(), "int8[]", format!("ARRAY['{org_id}']::uuid[], ARRAY[16]::int8[]")),
