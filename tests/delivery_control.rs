@@ -332,6 +332,13 @@ fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
 }
 
+/// The start of a history that began `ago_us` before now, but not before today (UTC):
+/// a fresh database has partitions from today on.
+fn history_start(ago_us: i64) -> i64 {
+    let now = now_us();
+    (now - ago_us).max(now - now.rem_euclid(86_400_000_000))
+}
+
 #[test]
 fn replay_schedules_failed_events_in_pages_of_10000() {
     let database = FreshDatabase::new();
@@ -344,7 +351,7 @@ fn replay_schedules_failed_events_in_pages_of_10000() {
     // scheduled an hour later, so the test only counts what replay scheduled.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     configure(&server, &org, json!({"webhook_url": format!("http://{closed}/hook")}));
-    let start = now_us() - 3_600_000_000;
+    let start = history_start(3_600_000_000);
     insert_failed(&database, &org, 10_005, start);
     let since = |us: i64| {
         let secs = us.div_euclid(1_000_000);
@@ -399,7 +406,7 @@ fn two_instances_push_each_replayed_event_once() {
         [Server::start_on(&database.url, &flags(&[])), Server::start_on(&database.url, &flags(&[]))];
     let org = servers[0].generate("shared", "enterprise");
     configure(&servers[0], &org, json!({"webhook_url": receiver.url()}));
-    let start = now_us() - 60_000_000;
+    let start = history_start(60_000_000);
     insert_failed(&database, &org, 300, start);
     let response = servers[1].request(
         "POST",

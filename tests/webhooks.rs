@@ -458,17 +458,17 @@ fn an_outcome_is_recorded_only_for_its_own_attempt_across_a_redelivery() {
         };
         let first = claim().await;
         let first_lease = first.lease_until_micros;
-        // A redelivery (as `storage::control` writes it: the event due again, the attempt
-        // in flight unleased) holds the event's row lock while the first attempt's
+        // A redelivery (`storage::control`'s own SET: the event due again, the attempt in
+        // flight unleased) holds the event's row lock while the first attempt's
         // outcome is written: the outcome waits for it, then finds the lease gone.
         let operator = connect().await;
         let operator_pid: i32 = operator.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
         operator
             .batch_execute(&format!(
                 "BEGIN;
-                 UPDATE events SET status = 'pending', delivered_at = NULL, next_attempt_at = now(),
-                                   retry_from = attempts, lease_owner = NULL, lease_until = NULL
-                 WHERE org_id = '{org_id}' AND id = '{event_id}';"
+                 UPDATE events e SET {}
+                 WHERE e.org_id = '{org_id}' AND e.id = '{event_id}';",
+                triggerd::storage::control::RESCHEDULE
             ))
             .await
             .unwrap();

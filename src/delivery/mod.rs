@@ -581,9 +581,8 @@ impl Engine {
 
     /// Writes outcomes in one statement. Only the holder of an attempt's own lease may
     /// (`store` filters by owner and lease expiry); a lease lost meanwhile means another
-    /// claim owns the attempt now. If the
-    /// statement fails, each outcome is tried alone, so that one bad row costs only
-    /// its own attempt a repeat.
+    /// claim owns the attempt now. If the statement fails, each outcome is tried alone,
+    /// so that one bad row costs only its own attempt a repeat.
     async fn record_batch(&self, batch: &[Outcome]) {
         let written = match self.writer_connection.get().await {
             Ok(c) => store::record_batch(&c.client, &c.statements, self.owner, now_micros(), batch).await,

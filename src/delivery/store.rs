@@ -447,7 +447,7 @@ pub async fn record(
     outcome: &Outcome,
 ) -> Result<bool, tokio_postgres::Error> {
     type Parameter<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let (org_id, attempt) = (outcome.org_id, &outcome.log);
+    let attempt = &outcome.log;
     let key: [Parameter<'_>; 5] =
         [&owner, &now_micros, &outcome.org_id, &outcome.id, &outcome.lease_until_micros];
     let mut parameters: Vec<Parameter<'_>> = key.to_vec();
@@ -479,7 +479,7 @@ pub async fn record(
     let updated = client.execute(statement, &parameters).await?;
     // A 410 switches push off only if its attempt still held the lease, as in `record_batch`.
     if outcome.record == Record::Gone && updated == 1 {
-        client.execute(&statements.switch_off, &[&org_id]).await?;
+        client.execute(&statements.switch_off, &[&outcome.org_id]).await?;
     }
     // The key is the primary key and the owner filter is in the WHERE: one row or none.
     debug_assert!(updated <= 1, "an outcome updated {updated} rows");
@@ -509,8 +509,9 @@ impl Outcome {
 
 /// Writes many outcomes in one statement (one commit), as `record` writes each, if
 /// `owner` still holds their attempts' leases. Returns the attempts written
-/// (`Outcome::attempt`); the others' leases were lost. The rows are given in (org, id) order, so that concurrent statements
-/// locking events in key order wait for it instead of deadlocking with it.
+/// (`Outcome::attempt`); the others' leases were lost. The rows are given in (org, id)
+/// order, so that concurrent statements locking events in key order wait for it instead
+/// of deadlocking with it.
 pub async fn record_batch(
     client: &Client,
     statements: &DeliveryStatements,

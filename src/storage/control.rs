@@ -27,7 +27,7 @@ pub struct ControlStatements {
 /// attempt ends. An attempt in flight loses its lease: its outcome would otherwise take
 /// the event off the schedule again (the request asked for a push after it), so it is
 /// not recorded and the new attempt follows.
-const RESCHEDULE: &str =
+pub const RESCHEDULE: &str =
     "status = 'pending', delivered_at = NULL, next_attempt_at = now(), retry_from = e.attempts,
      lease_owner = NULL, lease_until = NULL";
 

@@ -10,7 +10,7 @@
 //! sends a command and awaits the answer. What else runs on this thread (the delivery
 //! engine) is started by the runtime through `StorageConfig::on_start`.
 
-mod control;
+pub mod control;
 pub mod leases;
 mod listener;
 pub mod local_pg;
