@@ -25,13 +25,16 @@ use crate::handoff::commands::ATTEMPTS_KEPT;
 
 const NOW: &str = "(timestamptz 'epoch' + $2::int8 * interval '1 microsecond')";
 
-/// A claim's lease expiry, $3 (µs since the epoch). Outcomes compare the lease with the
-/// same expression of the same number, so equality is exact.
-const UNTIL: &str = "(timestamptz 'epoch' + $3::int8 * interval '1 microsecond')";
+/// The instant `micros` (an SQL expression, µs since the epoch). A claim writes its
+/// lease's expiry with it and outcomes compare the lease with it, the same expression
+/// of the same number, so equality is exact.
+fn at_micros(micros: &str) -> String {
+    format!("(timestamptz 'epoch' + {micros}::int8 * interval '1 microsecond')")
+}
 
-/// `lease_until` as an outcome names it: the expression of `UNTIL` on `micros`.
+/// `lease_until` as an outcome names it: the lease expiring at `micros`.
 fn lease_is(micros: &str) -> String {
-    format!("lease_until = timestamptz 'epoch' + {micros}::int8 * interval '1 microsecond'")
+    format!("lease_until = {}", at_micros(micros))
 }
 
 /// Settings of the engine's claiming connection (`Engine::connection`). A claim is
@@ -137,9 +140,10 @@ pub struct DeliveryStatements {
 }
 
 fn claim_sql(due: &str) -> String {
+    let until = at_micros("$3");
     format!(
         "WITH due AS ({due})
-         UPDATE events e SET lease_owner = $1, lease_until = {UNTIL}
+         UPDATE events e SET lease_owner = $1, lease_until = {until}
          FROM due, organizations o
          WHERE e.org_id = due.org_id AND e.id = due.id AND o.org_id = e.org_id
          RETURNING e.org_id, e.id, e.type, e.payload::text,
